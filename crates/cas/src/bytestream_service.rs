@@ -1,0 +1,255 @@
+//! google.bytestream.ByteStream over the CAS: streamed, resumable, optionally
+//! compressed reads and writes. Uploads go straight to a store writer; nothing
+//! is buffered whole.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use re_proto::google::bytestream::byte_stream_server::{ByteStream, ByteStreamServer};
+use re_proto::google::bytestream::{
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+};
+use re_proto::{check_instance, Error, Result};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::compression::{Compressor, StreamDecoder, StreamEncoder};
+use crate::resource_name::ResourceName;
+use crate::{BlobStore, BlobWriter};
+
+/// Interrupted uploads are kept this long for a client to resume them.
+const PARTIAL_UPLOAD_TTL: Duration = Duration::from_secs(15 * 60);
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// An upload that may be resumed: its writer and how far it got.
+struct UploadSlot {
+    writer: tokio::sync::Mutex<Option<Box<dyn BlobWriter>>>,
+    committed: AtomicU64,
+    last_active: parking_lot::Mutex<Instant>,
+}
+
+impl UploadSlot {
+    fn new() -> Self {
+        Self {
+            writer: tokio::sync::Mutex::new(None),
+            committed: AtomicU64::new(0),
+            last_active: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ByteStreamService {
+    store: Arc<dyn BlobStore>,
+    instance_name: String,
+    compressors: Vec<Compressor>,
+    uploads: Arc<DashMap<String, Arc<UploadSlot>>>,
+}
+
+impl ByteStreamService {
+    pub fn new(store: Arc<dyn BlobStore>, instance_name: String, compressors: Vec<Compressor>) -> Self {
+        let uploads: Arc<DashMap<String, Arc<UploadSlot>>> = Arc::default();
+        let weak = Arc::downgrade(&uploads);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(uploads) = weak.upgrade() else { return };
+                uploads.retain(|_, slot| {
+                    slot.last_active.lock().elapsed() < PARTIAL_UPLOAD_TTL || slot.writer.try_lock().is_err()
+                });
+            }
+        });
+        Self { store, instance_name, compressors, uploads }
+    }
+
+    pub fn into_server(self) -> ByteStreamServer<Self> {
+        ByteStreamServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    fn check_compressor(&self, c: Compressor) -> Result<()> {
+        if c == Compressor::Identity || self.compressors.contains(&c) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!("compressor {c:?} is not enabled on this server")))
+        }
+    }
+
+    async fn write_stream(&self, mut stream: Streaming<WriteRequest>) -> Result<WriteResponse, Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Error::InvalidArgument("write stream carried no message".into()))?;
+        let name = ResourceName::parse_write(&first.resource_name)?;
+        check_instance(&self.instance_name, &name.instance)?;
+        self.check_compressor(name.compressor)?;
+        let digest = name.digest;
+        let compressed = name.compressor != Compressor::Identity;
+        let done = |compressed: bool| WriteResponse { committed_size: if compressed { -1 } else { digest.size as i64 } };
+
+        // A blob that is already stored needs no upload.
+        if self.store.find_missing(&[digest]).await?.is_empty() {
+            self.uploads.remove(&first.resource_name);
+            return Ok(done(compressed));
+        }
+
+        let key = first.resource_name.clone();
+        let slot = self.uploads.entry(key.clone()).or_insert_with(|| Arc::new(UploadSlot::new())).clone();
+        let mut guard = slot.writer.lock().await;
+        *slot.last_active.lock() = Instant::now();
+        let resuming = guard.as_ref().map(|w| w.committed());
+        match (first.write_offset, resuming) {
+            (0, _) => *guard = None,
+            (off, Some(c)) if off as u64 == c && !compressed => {}
+            (off, c) => {
+                return Err(Error::InvalidArgument(format!(
+                    "write_offset {off} does not match the {} bytes committed so far; ask QueryWriteStatus where to resume",
+                    c.unwrap_or(0)
+                ))
+                .into())
+            }
+        }
+        if guard.is_none() {
+            *guard = Some(self.store.begin_write(digest).await?);
+        }
+        let mut decoder =
+            if compressed { Some(StreamDecoder::new(name.compressor, digest.size)?) } else { None };
+        let mut received: i64 = first.write_offset;
+
+        let mut msg = first;
+        loop {
+            if msg.write_offset != received && !compressed {
+                return Err(Error::InvalidArgument(format!(
+                    "write_offset {} does not follow the {received} bytes already sent",
+                    msg.write_offset
+                ))
+                .into());
+            }
+            received += msg.data.len() as i64;
+            let writer = guard.as_mut().expect("writer present");
+            let data = match decoder.as_mut() {
+                Some(d) => decode_blocking(d, msg.data).await?,
+                None => msg.data,
+            };
+            if !data.is_empty() {
+                writer.write(data).await?;
+            }
+            slot.committed.store(writer.committed(), Ordering::Relaxed);
+            if msg.finish_write {
+                if let Some(d) = decoder.as_mut() {
+                    let tail = d.finish()?;
+                    if !tail.is_empty() {
+                        writer.write(tail).await?;
+                    }
+                }
+                let writer = guard.take().expect("writer present");
+                drop(guard);
+                self.uploads.remove(&key);
+                let committed = writer.committed();
+                if committed != digest.size {
+                    return Err(Error::InvalidArgument(format!(
+                        "finish_write after {committed} bytes, but blob {digest} has {} bytes",
+                        digest.size
+                    ))
+                    .into());
+                }
+                writer.commit().await?;
+                return Ok(WriteResponse { committed_size: if compressed { received } else { digest.size as i64 } });
+            }
+            match stream.message().await {
+                Ok(Some(next)) => msg = next,
+                // The client went away: keep the writer so it can resume.
+                Ok(None) => {
+                    if compressed {
+                        *guard = None;
+                    }
+                    return Err(Error::InvalidArgument(format!(
+                        "write stream for {digest} ended after {received} bytes without finish_write"
+                    ))
+                    .into());
+                }
+                Err(e) => {
+                    if compressed {
+                        *guard = None;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Decompression is CPU work: keep it off the async worker threads.
+async fn decode_blocking(decoder: &mut StreamDecoder, data: Bytes) -> Result<Bytes> {
+    if data.len() < 64 * 1024 {
+        return decoder.decode(&data);
+    }
+    tokio::task::block_in_place(|| decoder.decode(&data))
+}
+
+#[tonic::async_trait]
+impl ByteStream for ByteStreamService {
+    type ReadStream = BoxStream<'static, Result<ReadResponse, Status>>;
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let req = request.into_inner();
+        let name = ResourceName::parse_read(&req.resource_name)?;
+        check_instance(&self.instance_name, &name.instance)?;
+        self.check_compressor(name.compressor)?;
+        if req.read_offset < 0 || req.read_limit < 0 {
+            return Err(Error::InvalidArgument("read_offset and read_limit must not be negative".into()).into());
+        }
+        let compressed = name.compressor != Compressor::Identity;
+        if compressed && (req.read_limit != 0 || req.read_offset != 0) {
+            return Err(Error::InvalidArgument(
+                "compressed reads take no read_limit or read_offset; read the whole blob".into(),
+            )
+            .into());
+        }
+        let chunks = self.store.read(name.digest, req.read_offset as u64, req.read_limit as u64).await?;
+        if !compressed {
+            return Ok(Response::new(
+                chunks.map(|c| c.map(|data| ReadResponse { data }).map_err(Status::from)).boxed(),
+            ));
+        }
+        let encoder = StreamEncoder::new(name.compressor)?;
+        let out = futures::stream::unfold((chunks, Some(encoder)), |(mut chunks, encoder)| async move {
+            let mut encoder = encoder?;
+            let item = match chunks.next().await {
+                Some(Ok(data)) => match tokio::task::block_in_place(|| encoder.encode(&data)) {
+                    Ok(out) => return Some((Ok(ReadResponse { data: out }), (chunks, Some(encoder)))),
+                    Err(e) => Err(e),
+                },
+                Some(Err(e)) => Err(e),
+                None => encoder.finish().map(|data| ReadResponse { data }),
+            };
+            Some((item.map_err(Status::from), (chunks, None)))
+        })
+        .filter(|r| futures::future::ready(!matches!(r, Ok(ReadResponse { data }) if data.is_empty())));
+        Ok(Response::new(out.boxed()))
+    }
+
+    async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
+        self.write_stream(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        let req = request.into_inner();
+        let name = ResourceName::parse_write(&req.resource_name)?;
+        check_instance(&self.instance_name, &name.instance)?;
+        if self.store.find_missing(&[name.digest]).await?.is_empty() {
+            return Ok(Response::new(QueryWriteStatusResponse {
+                committed_size: name.digest.size as i64,
+                complete: true,
+            }));
+        }
+        let committed = self.uploads.get(&req.resource_name).map(|s| s.committed.load(Ordering::Relaxed)).unwrap_or(0);
+        Ok(Response::new(QueryWriteStatusResponse { committed_size: committed as i64, complete: false }))
+    }
+}

@@ -1,0 +1,389 @@
+//! Blobs as files: `<root>/blobs/<2 hex>/<hash>-<size>`. Uploads go to
+//! `<root>/tmp` and are renamed into place only after their digest is checked,
+//! so a crash never leaves a partial blob visible. The LRU index lives in
+//! memory and is rebuilt from the directory at start (oldest mtime first).
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use re_proto::digest::DigestHasher;
+use re_proto::{DigestInfo, Error, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::lru_index::LruIndex;
+use crate::memory_store::too_large;
+use crate::pins::PinSet;
+use crate::store::{check_range, digest_mismatch, BlobStore, BlobWriter, ByteStreamChunks};
+
+/// Chunk size for streamed reads; below gRPC's default 4 MiB message limit.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks buffered between the network and the disk thread of one transfer.
+const PIPELINE_DEPTH: usize = 8;
+
+pub struct FilesystemStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    index: LruIndex<()>,
+    pins: PinSet,
+    fsync: bool,
+}
+
+/// What the start-up scan found.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub discarded: usize,
+    pub elapsed_ms: u128,
+}
+
+impl FilesystemStore {
+    /// Opens (creating if needed) a store under `root` and indexes what is there.
+    pub async fn open(root: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            blobs_dir: root.join("blobs"),
+            tmp_dir: root.join("tmp"),
+            index: LruIndex::new(max_size_bytes),
+            pins: PinSet::default(),
+            fsync,
+        });
+        let s = shared.clone();
+        let report = tokio::task::spawn_blocking(move || s.scan())
+            .await
+            .map_err(|e| Error::Internal(format!("index scan panicked: {e}")))??;
+        tracing::info!(
+            root = %root.display(),
+            blobs = report.blobs,
+            bytes = report.bytes,
+            discarded = report.discarded,
+            elapsed_ms = report.elapsed_ms as u64,
+            "Filesystem CAS index rebuilt"
+        );
+        Ok(Self { shared })
+    }
+
+    /// Number of indexed blobs.
+    pub fn len(&self) -> usize {
+        self.shared.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Shared {
+    fn blob_path(&self, d: &DigestInfo) -> PathBuf {
+        let hex = d.hash_hex();
+        self.blobs_dir.join(&hex[..2]).join(format!("{hex}-{}", d.size))
+    }
+
+    fn scan(&self) -> Result<ScanReport> {
+        let start = Instant::now();
+        for dir in [&self.blobs_dir, &self.tmp_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        // Leftover uploads from a previous run can never be completed.
+        if let Ok(entries) = std::fs::read_dir(&self.tmp_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let mut found: Vec<(SystemTime, DigestInfo)> = Vec::new();
+        let mut discarded = 0;
+        for prefix in 0..=255u8 {
+            let dir = self.blobs_dir.join(hex::encode([prefix]));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))? {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name();
+                let parsed = name.to_str().and_then(parse_blob_file_name);
+                let meta = entry.metadata().ok();
+                match (parsed, meta) {
+                    // A file whose length differs from its name was cut short (power loss).
+                    (Some(d), Some(m)) if m.len() == d.size => {
+                        found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d));
+                    }
+                    _ => {
+                        discarded += 1;
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        found.sort_unstable_by_key(|(t, _)| *t);
+        let mut bytes = 0;
+        let blobs = found.len();
+        for (_, d) in found {
+            bytes += d.size;
+            for (old, ()) in self.index.insert(d, (), &self.pins) {
+                let _ = std::fs::remove_file(self.blob_path(&old));
+            }
+        }
+        Ok(ScanReport { blobs, bytes, discarded, elapsed_ms: start.elapsed().as_millis() })
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.tmp_dir.join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Renames a verified temporary file into place and indexes it.
+    async fn publish(self: &Arc<Self>, tmp: PathBuf, digest: DigestInfo) -> Result<()> {
+        let dest = self.blob_path(&digest);
+        tokio::fs::rename(&tmp, &dest).await.map_err(|e| Error::io(format!("publishing blob {digest}"), e))?;
+        let evicted = self.index.insert(digest, (), &self.pins);
+        if !evicted.is_empty() {
+            let paths: Vec<PathBuf> = evicted.iter().map(|(d, ())| self.blob_path(d)).collect();
+            tracing::debug!(count = paths.len(), "filesystem CAS evicting blobs");
+            tokio::task::spawn_blocking(move || {
+                for p in paths {
+                    let _ = std::fs::remove_file(p);
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse_blob_file_name(name: &str) -> Option<DigestInfo> {
+    let (hash, size) = name.split_once('-')?;
+    DigestInfo::from_hex(hash, size.parse().ok()?).ok()
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::Internal(format!("disk task failed: {e}"))
+}
+
+#[async_trait]
+impl BlobStore for FilesystemStore {
+    async fn find_missing(&self, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>> {
+        Ok(self.shared.index.missing(digests))
+    }
+
+    async fn get(&self, digest: DigestInfo) -> Result<Option<Bytes>> {
+        if digest.is_empty_blob() {
+            return Ok(Some(Bytes::new()));
+        }
+        if self.shared.index.get(&digest).is_none() {
+            return Ok(None);
+        }
+        match tokio::fs::read(self.shared.blob_path(&digest)).await {
+            Ok(data) => Ok(Some(data.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.shared.index.remove(&digest);
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(format!("reading blob {digest}"), e)),
+        }
+    }
+
+    async fn read(&self, digest: DigestInfo, offset: u64, limit: u64) -> Result<ByteStreamChunks> {
+        let len = check_range(digest, offset, limit)?;
+        if digest.is_empty_blob() || len == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
+        if self.shared.index.get(&digest).is_none() {
+            return Err(Error::NotFound(format!("blob {digest} not found")));
+        }
+        let path = self.shared.blob_path(&digest);
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            Ok(f)
+        })
+        .await
+        .map_err(join_error)?;
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.shared.index.remove(&digest);
+                return Err(Error::NotFound(format!("blob {digest} not found")));
+            }
+            Err(e) => return Err(Error::io(format!("opening blob {digest}"), e)),
+        };
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        // One blocking thread reads ahead while the network sends.
+        tokio::task::spawn_blocking(move || {
+            let mut remaining = len as usize;
+            while remaining > 0 {
+                let n = remaining.min(READ_CHUNK);
+                let mut buf = BytesMut::zeroed(n);
+                let res = file.read_exact(&mut buf).map(|_| buf.freeze());
+                let failed = res.is_err();
+                let item = res.map_err(|e| Error::io(format!("reading blob {digest}"), e));
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+                remaining -= n;
+            }
+        });
+        Ok(ReceiverStream::new(rx).boxed())
+    }
+
+    async fn put(&self, digest: DigestInfo, data: Bytes) -> Result<()> {
+        if digest.size > self.shared.index.max_bytes() {
+            return Err(too_large(digest, self.shared.index.max_bytes()));
+        }
+        let shared = self.shared.clone();
+        let tmp = shared.tmp_path();
+        let tmp2 = tmp.clone();
+        let fsync = shared.fsync;
+        let written = tokio::task::spawn_blocking(move || -> Result<()> {
+            let actual = DigestInfo::of_bytes(&data);
+            if actual != digest {
+                return Err(digest_mismatch(digest, actual));
+            }
+            let mut f = std::fs::File::create(&tmp2).map_err(|e| Error::io("creating upload file", e))?;
+            f.write_all(&data).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
+            if fsync {
+                f.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(join_error)?;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        self.shared.publish(tmp, digest).await
+    }
+
+    async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>> {
+        if digest.size > self.shared.index.max_bytes() {
+            return Err(too_large(digest, self.shared.index.max_bytes()));
+        }
+        let tmp = self.shared.tmp_path();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let path = tmp.clone();
+        let fsync = self.shared.fsync;
+        // Hashing and writing happen on a blocking thread, overlapping with
+        // the network receiving the next chunks.
+        let worker = tokio::task::spawn_blocking(move || -> Result<DigestInfo> {
+            let file = std::fs::File::create(&path).map_err(|e| Error::io("creating upload file", e))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut hasher = DigestHasher::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                out.write_all(&chunk).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
+            }
+            let file = out.into_inner().map_err(|e| Error::io(format!("writing blob {digest}"), e.into_error()))?;
+            if fsync {
+                file.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
+            }
+            Ok(hasher.finish())
+        });
+        Ok(Box::new(FsWriter { shared: self.shared.clone(), digest, tmp: Some(tmp), tx: Some(tx), worker: Some(worker), sent: 0 }))
+    }
+
+    fn file_path(&self, digest: DigestInfo) -> Option<PathBuf> {
+        self.shared.index.get(&digest).map(|()| self.shared.blob_path(&digest))
+    }
+
+    fn pin(&self, digests: &[DigestInfo]) {
+        self.shared.pins.pin(digests)
+    }
+
+    fn unpin(&self, digests: &[DigestInfo]) {
+        self.shared.pins.unpin(digests)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.shared.index.total_bytes()
+    }
+}
+
+struct FsWriter {
+    shared: Arc<Shared>,
+    digest: DigestInfo,
+    tmp: Option<PathBuf>,
+    tx: Option<mpsc::Sender<Bytes>>,
+    worker: Option<JoinHandle<Result<DigestInfo>>>,
+    sent: u64,
+}
+
+impl FsWriter {
+    /// The disk thread stopped early: surface its error.
+    async fn worker_error(&mut self) -> Error {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => match w.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => Error::Internal("upload writer stopped early".into()),
+                Err(e) => join_error(e),
+            },
+            None => Error::Internal("upload already finished".into()),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWriter for FsWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        if self.sent + data.len() as u64 > self.digest.size {
+            return Err(Error::InvalidArgument(format!(
+                "more data than the {} bytes of blob {}",
+                self.digest.size, self.digest
+            )));
+        }
+        let len = data.len() as u64;
+        let Some(tx) = &self.tx else { return Err(Error::Internal("upload already finished".into())) };
+        if tx.send(data).await.is_err() {
+            return Err(self.worker_error().await);
+        }
+        self.sent += len;
+        Ok(())
+    }
+
+    fn committed(&self) -> u64 {
+        self.sent
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.tx = None;
+        let worker = self.worker.take().expect("commit called once");
+        let tmp = self.tmp.take().expect("commit called once");
+        let result = match worker.await.map_err(join_error) {
+            Ok(Ok(actual)) if actual == self.digest => self.shared.publish(tmp.clone(), self.digest).await,
+            Ok(Ok(actual)) => Err(digest_mismatch(self.digest, actual)),
+            Ok(Err(e)) | Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        // An abandoned upload: let the disk thread finish, then delete its file.
+        if let (Some(tmp), Some(worker)) = (self.tmp.take(), self.worker.take()) {
+            self.tx = None;
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = worker.await;
+                    let _ = tokio::fs::remove_file(tmp).await;
+                });
+            } else {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+/// Used by tests and the index-rebuild benchmark.
+pub fn blob_file_name(d: &DigestInfo) -> String {
+    format!("{}-{}", d.hash_hex(), d.size)
+}
+

@@ -1,0 +1,32 @@
+//! Content-addressable storage: the [`BlobStore`] interface, its memory and
+//! filesystem implementations, and the CAS and ByteStream gRPC services.
+
+pub mod bytestream_service;
+pub mod cas_service;
+pub mod compression;
+pub mod config;
+pub mod filesystem_store;
+pub mod lru_index;
+pub mod memory_store;
+pub mod pins;
+pub mod resource_name;
+pub mod store;
+
+pub use bytestream_service::ByteStreamService;
+pub use cas_service::CasService;
+pub use config::{CasBackend, CasConfig};
+pub use filesystem_store::FilesystemStore;
+pub use memory_store::MemoryStore;
+pub use store::{BlobStore, BlobWriter, ByteStreamChunks};
+
+use std::sync::Arc;
+
+/// Builds the store `config` describes (the filesystem one rebuilds its index first).
+pub async fn open_store(config: &CasConfig) -> re_proto::Result<Arc<dyn BlobStore>> {
+    Ok(match config.backend {
+        CasBackend::Memory => Arc::new(MemoryStore::new(config.max_size_bytes)),
+        CasBackend::Filesystem => {
+            Arc::new(FilesystemStore::open(config.root_dir_or_default(), config.max_size_bytes, config.fsync_writes).await?)
+        }
+    })
+}

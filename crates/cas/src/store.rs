@@ -1,0 +1,69 @@
+//! The blob-store interface every CAS backend implements.
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use re_proto::{DigestInfo, Result};
+
+/// A stream of blob chunks, in order.
+pub type ByteStreamChunks = BoxStream<'static, Result<Bytes>>;
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Returns the digests that are not stored. Present blobs count as used
+    /// (their LRU position is refreshed) so a build that asked keeps them.
+    async fn find_missing(&self, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>>;
+
+    /// The whole blob, or `None`. Meant for small blobs (Directories, batches).
+    async fn get(&self, digest: DigestInfo) -> Result<Option<Bytes>>;
+
+    /// Streams `limit` bytes (0 = to the end) from `offset`; NotFound if absent.
+    async fn read(&self, digest: DigestInfo, offset: u64, limit: u64) -> Result<ByteStreamChunks>;
+
+    /// Stores a blob held in memory after checking it hashes to `digest`.
+    async fn put(&self, digest: DigestInfo, data: Bytes) -> Result<()>;
+
+    /// Starts a streamed upload; nothing is visible until `commit` verifies it.
+    async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>>;
+
+    /// Path of the stored file, for stores that keep blobs as files (hard links).
+    fn file_path(&self, _digest: DigestInfo) -> Option<PathBuf> {
+        None
+    }
+
+    /// Protects blobs from eviction until the matching `unpin`.
+    fn pin(&self, digests: &[DigestInfo]);
+    fn unpin(&self, digests: &[DigestInfo]);
+
+    /// Bytes currently stored.
+    fn size_bytes(&self) -> u64;
+}
+
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends uncompressed bytes.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Bytes accepted so far.
+    fn committed(&self) -> u64;
+    /// Verifies size and hash, then makes the blob visible.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The error every store returns when content does not hash to its digest.
+pub fn digest_mismatch(expected: DigestInfo, actual: DigestInfo) -> re_proto::Error {
+    re_proto::Error::InvalidArgument(format!(
+        "uploaded data does not match its digest: expected {expected}, got {actual}"
+    ))
+}
+
+/// Checks a read range against a blob size.
+pub fn check_range(digest: DigestInfo, offset: u64, limit: u64) -> Result<u64> {
+    if offset > digest.size {
+        return Err(re_proto::Error::InvalidArgument(format!(
+            "read_offset {offset} is past the end of blob {digest}"
+        )));
+    }
+    let remaining = digest.size - offset;
+    Ok(if limit == 0 { remaining } else { limit.min(remaining) })
+}

@@ -1,0 +1,32 @@
+//! Generates Rust code for the REAPI and google.* protos in ../../proto with the
+//! protoc shipped inside `protoc-bin-vendored`, so no system protoc is needed.
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "build/bazel/remote/execution/v2/remote_execution.proto",
+    "build/bazel/semver/semver.proto",
+    "google/bytestream/bytestream.proto",
+    "google/longrunning/operations.proto",
+    "google/rpc/status.proto",
+    "google/rpc/code.proto",
+    "google/rpc/error_details.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    let wkt = protoc_bin_vendored::include_path()?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let files: Vec<PathBuf> = PROTOS.iter().map(|p| proto_root.join(p)).collect();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("reapi_descriptor.bin"))
+        .bytes(".")
+        .compile_protos(&files, &[proto_root, wkt])?;
+    Ok(())
+}

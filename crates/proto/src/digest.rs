@@ -1,0 +1,149 @@
+//! SHA-256 digests as a compact, hashable value type.
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::Error;
+use crate::reapi::Digest;
+
+/// A validated SHA-256 digest: 32 raw bytes plus the blob size.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DigestInfo {
+    pub hash: [u8; 32],
+    pub size: u64,
+}
+
+impl DigestInfo {
+    /// The digest of the empty blob, which every CAS must treat as present.
+    pub const EMPTY: DigestInfo = DigestInfo {
+        hash: [
+            0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27,
+            0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+        ],
+        size: 0,
+    };
+
+    pub fn new(hash: [u8; 32], size: u64) -> Self {
+        Self { hash, size }
+    }
+
+    /// Hashes `data` in one go.
+    pub fn of_bytes(data: &[u8]) -> Self {
+        Self { hash: Sha256::digest(data).into(), size: data.len() as u64 }
+    }
+
+    /// Parses a lower- or upper-case 64-character hex hash and a size.
+    pub fn from_hex(hash: &str, size: i64) -> Result<Self, Error> {
+        if size < 0 {
+            return Err(Error::InvalidArgument(format!("digest {hash}/{size}: size must not be negative")));
+        }
+        let mut out = [0u8; 32];
+        if hash.len() != 64 || hex::decode_to_slice(hash, &mut out).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "digest {hash}/{size}: hash must be 64 hex characters (SHA-256 is the only digest function served)"
+            )));
+        }
+        Ok(Self { hash: out, size: size as u64 })
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    pub fn is_empty_blob(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn to_proto(&self) -> Digest {
+        Digest { hash: self.hash_hex(), size_bytes: self.size as i64 }
+    }
+}
+
+impl TryFrom<&Digest> for DigestInfo {
+    type Error = Error;
+    fn try_from(d: &Digest) -> Result<Self, Error> {
+        DigestInfo::from_hex(&d.hash, d.size_bytes)
+    }
+}
+
+impl TryFrom<Option<&Digest>> for DigestInfo {
+    type Error = Error;
+    fn try_from(d: Option<&Digest>) -> Result<Self, Error> {
+        match d {
+            Some(d) => DigestInfo::try_from(d),
+            None => Err(Error::InvalidArgument("a required digest is missing".into())),
+        }
+    }
+}
+
+impl From<DigestInfo> for Digest {
+    fn from(d: DigestInfo) -> Digest {
+        d.to_proto()
+    }
+}
+
+impl fmt::Display for DigestInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hash_hex(), self.size)
+    }
+}
+
+impl fmt::Debug for DigestInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Incremental SHA-256 that tracks the byte count, for streamed uploads.
+#[derive(Clone, Default)]
+pub struct DigestHasher {
+    inner: Sha256,
+    len: u64,
+}
+
+impl DigestHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        self.inner.update(data);
+        self.len += data.len() as u64;
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn finish(self) -> DigestInfo {
+        DigestInfo { hash: self.inner.finalize().into(), size: self.len }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_constant_matches_sha256_of_nothing() {
+        assert_eq!(DigestInfo::of_bytes(b""), DigestInfo::EMPTY);
+    }
+
+    #[test]
+    fn hex_round_trip_and_validation() {
+        let d = DigestInfo::of_bytes(b"hello");
+        let back = DigestInfo::from_hex(&d.hash_hex(), 5).unwrap();
+        assert_eq!(d, back);
+        assert!(DigestInfo::from_hex("abc", 1).is_err());
+        assert!(DigestInfo::from_hex(&d.hash_hex(), -1).is_err());
+        assert!(DigestInfo::from_hex(&"zz".repeat(32), 1).is_err());
+    }
+
+    #[test]
+    fn incremental_hasher_equals_one_shot() {
+        let mut h = DigestHasher::new();
+        h.update(b"hel");
+        h.update(b"lo");
+        assert_eq!(h.finish(), DigestInfo::of_bytes(b"hello"));
+    }
+}
