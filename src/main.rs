@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use re_action_cache::ActionCacheService;
 use re_cas::{ByteStreamService, CasService};
+use re_execution::{ExecutionService, OperationsService};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info};
 
@@ -106,7 +107,14 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         caps.action_cache_update_enabled,
         caps.max_batch_total_size_bytes,
     );
-    let capabilities = CapabilitiesService::new(instance.clone(), caps, false);
+
+    let scheduler = if caps.exec_enabled {
+        info!("Initializing execution...");
+        re_execution::start_pool(&config.execution, cas.clone(), ac.clone(), &data_dir).await?
+    } else {
+        None
+    };
+    let capabilities = CapabilitiesService::new(instance.clone(), caps, scheduler.is_some());
 
     let services = [
         "build.bazel.remote.execution.v2.ContentAddressableStorage",
@@ -117,6 +125,11 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for s in services {
         health_reporter.set_service_status(s, tonic_health::ServingStatus::Serving).await;
     }
+    if scheduler.is_some() {
+        for s in ["build.bazel.remote.execution.v2.Execution", "google.longrunning.Operations"] {
+            health_reporter.set_service_status(s, tonic_health::ServingStatus::Serving).await;
+        }
+    }
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
     let listener = tokio::net::TcpListener::bind(&config.server.address)
@@ -124,6 +137,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.address))?;
     let local = listener.local_addr()?;
     info!(instance_name = %instance, "Starting server on {local}");
+
+    let execution = scheduler.as_ref().map(|s| ExecutionService::new(s.clone(), instance.clone()).into_server());
+    let operations = scheduler.as_ref().map(|s| OperationsService::new(s.clone()).into_server());
 
     tonic::transport::Server::builder()
         .add_service(health_service)
@@ -133,6 +149,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .add_service(bytestream.into_server())
         .add_service(action_cache.into_server())
         .add_service(capabilities.into_server())
+        .add_optional_service(execution)
+        .add_optional_service(operations)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
         .await?;
     info!("Server stopped");

@@ -3,6 +3,7 @@
 //! so a crash never leaves a partial blob visible. The LRU index lives in
 //! memory and is rebuilt from the directory at start (oldest mtime first).
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -140,6 +141,11 @@ impl Shared {
     /// Renames a verified temporary file into place and indexes it.
     async fn publish(self: &Arc<Self>, tmp: PathBuf, digest: DigestInfo) -> Result<()> {
         let dest = self.blob_path(&digest);
+        // Read-only, so an action that gets the blob hard-linked as an input
+        // cannot change the CAS copy (unless it runs as root).
+        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))
+            .await
+            .map_err(|e| Error::io(format!("publishing blob {digest}"), e))?;
         tokio::fs::rename(&tmp, &dest).await.map_err(|e| Error::io(format!("publishing blob {digest}"), e))?;
         let evicted = self.index.insert(digest, (), &self.pins);
         if !evicted.is_empty() {

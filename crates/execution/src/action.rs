@@ -1,0 +1,104 @@
+//! Turns an ExecuteRequest's action digest into a validated, runnable job.
+use std::time::Duration;
+
+use prost::Message;
+use re_cas::BlobStore;
+use re_proto::reapi::{Action, Command};
+use re_proto::{DigestInfo, Error, Result};
+
+use crate::input_tree::{self, InputTree};
+use crate::paths;
+use crate::platform::Properties;
+
+#[derive(Debug, Clone)]
+pub struct PreparedAction {
+    pub action_digest: DigestInfo,
+    pub action: Action,
+    pub command: Command,
+    pub inputs: InputTree,
+    /// Action.platform, or Command.platform from clients before REAPI 2.2.
+    pub platform: Properties,
+    pub timeout: Duration,
+    /// Every blob the action reads (pinned while it is queued or running).
+    pub blobs: Vec<DigestInfo>,
+}
+
+async fn fetch<M: Message + Default>(cas: &dyn BlobStore, d: DigestInfo, what: &str) -> Result<Option<M>> {
+    match cas.get(d).await? {
+        Some(raw) => M::decode(raw)
+            .map(Some)
+            .map_err(|e| Error::InvalidArgument(format!("{what} {d} does not decode: {e}"))),
+        None => Ok(None),
+    }
+}
+
+pub async fn prepare(
+    cas: &dyn BlobStore,
+    action_digest: DigestInfo,
+    default_timeout: Duration,
+    max_timeout: Duration,
+) -> Result<PreparedAction> {
+    let missing = |blobs: Vec<DigestInfo>| Error::MissingBlobs { message: "the action's inputs are not all in the CAS".into(), blobs };
+    let action: Action = fetch(cas, action_digest, "Action").await?.ok_or_else(|| missing(vec![action_digest]))?;
+    let command_digest = DigestInfo::try_from(action.command_digest.as_ref())?;
+    let root_digest = DigestInfo::try_from(action.input_root_digest.as_ref())?;
+    let command: Option<Command> = fetch(cas, command_digest, "Command").await?;
+    let inputs = input_tree::resolve(cas, root_digest).await;
+    let (command, inputs) = match (command, inputs) {
+        (Some(c), Ok(i)) => (c, i),
+        (c, Err(Error::MissingBlobs { mut blobs, .. })) => {
+            if c.is_none() {
+                blobs.push(command_digest);
+            }
+            return Err(missing(blobs));
+        }
+        (None, _) => return Err(missing(vec![command_digest])),
+        (_, Err(e)) => return Err(e),
+    };
+    validate_command(&command)?;
+
+    let timeout = match &action.timeout {
+        Some(t) if t.seconds > 0 || t.nanos > 0 => {
+            let t = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            if t > max_timeout {
+                return Err(Error::InvalidArgument(format!(
+                    "action timeout {}s exceeds this server's maximum of {}s",
+                    t.as_secs(),
+                    max_timeout.as_secs()
+                )));
+            }
+            t
+        }
+        _ => default_timeout,
+    };
+    let platform = action.platform.as_ref().or(command.platform.as_ref());
+    let mut platform: Properties =
+        platform.map(|p| p.properties.iter().map(|p| (p.name.clone(), p.value.clone())).collect()).unwrap_or_default();
+    platform.sort();
+    let mut blobs = inputs.blobs();
+    blobs.push(action_digest);
+    blobs.push(command_digest);
+    Ok(PreparedAction { action_digest, action, command, inputs, platform, timeout, blobs })
+}
+
+fn validate_command(c: &Command) -> Result<()> {
+    if c.arguments.is_empty() || c.arguments[0].is_empty() {
+        return Err(Error::InvalidArgument("Command.arguments is empty: nothing to run".into()));
+    }
+    paths::relative_path(&c.working_directory, "working_directory", true)?;
+    for p in &c.output_paths {
+        paths::relative_path(p, "output path", false)?;
+    }
+    for p in &c.output_files {
+        paths::relative_path(p, "output file", false)?;
+    }
+    for p in &c.output_directories {
+        paths::relative_path(p, "output directory", true)?;
+    }
+    for v in &c.environment_variables {
+        if v.name.is_empty() || v.name.contains('=') || v.name.contains('\0') || v.value.contains('\0') {
+            return Err(Error::InvalidArgument(format!("environment variable '{}' is malformed", v.name)));
+        }
+    }
+    Ok(())
+}

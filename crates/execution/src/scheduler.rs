@@ -1,0 +1,310 @@
+//! The pool scheduler: admits Execute requests (cache lookup, in-flight
+//! deduplication, input checks, platform feasibility, queue limit), hands
+//! queued actions to idle workers, and records results.
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use prost::Message;
+use re_action_cache::service::lookup_complete;
+use re_action_cache::ActionCacheStore;
+use re_cas::BlobStore;
+use re_proto::error::ok_status;
+use re_proto::reapi::{ExecuteRequest, ExecuteResponse};
+use re_proto::{DigestInfo, Error, Result};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::action::{prepare, PreparedAction};
+use crate::config::PoolConfig;
+use crate::operation::Operation;
+use crate::platform::{PlatformMatcher, Properties};
+use crate::queue::{Queue, QueuedJob};
+use crate::worker::Worker;
+
+pub struct Scheduler {
+    cas: Arc<dyn BlobStore>,
+    ac: Arc<dyn ActionCacheStore>,
+    matcher: PlatformMatcher,
+    worker_properties: Vec<Properties>,
+    queue: Mutex<Queue>,
+    wakeup: Notify,
+    operations: DashMap<String, Arc<Operation>>,
+    /// Cacheable actions queued or running, by action digest.
+    in_flight: DashMap<DigestInfo, Arc<Operation>>,
+    max_queue_size: usize,
+    interval: Duration,
+    default_timeout: Duration,
+    max_timeout: Duration,
+    result_ttl: Duration,
+    abandon_grace: Duration,
+}
+
+impl Scheduler {
+    /// Creates the scheduler and starts one task per worker plus a janitor.
+    pub fn start(
+        config: &PoolConfig,
+        cas: Arc<dyn BlobStore>,
+        ac: Arc<dyn ActionCacheStore>,
+        workers: Vec<Arc<dyn Worker>>,
+    ) -> Arc<Self> {
+        let sched = Arc::new(Self {
+            cas,
+            ac,
+            matcher: PlatformMatcher::new(config.platform_match.clone()),
+            worker_properties: workers.iter().map(|w| w.properties().clone()).collect(),
+            queue: Mutex::new(Queue::default()),
+            wakeup: Notify::new(),
+            operations: DashMap::new(),
+            in_flight: DashMap::new(),
+            max_queue_size: config.max_queue_size,
+            interval: Duration::from_millis(config.scheduler_interval_ms.max(1)),
+            default_timeout: Duration::from_secs(config.default_task_timeout_seconds),
+            max_timeout: Duration::from_secs(config.max_task_timeout_seconds),
+            result_ttl: Duration::from_secs(config.result_ttl_seconds),
+            abandon_grace: Duration::from_secs(config.abandon_grace_seconds),
+        });
+        for w in workers {
+            tokio::spawn(Self::worker_loop(Arc::downgrade(&sched), w));
+        }
+        tokio::spawn(Self::janitor(Arc::downgrade(&sched)));
+        sched
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Operation>> {
+        self.operations.get(name).map(|o| o.clone())
+    }
+
+    pub fn list(&self) -> Vec<Arc<Operation>> {
+        let mut ops: Vec<_> = self.operations.iter().map(|o| o.clone()).collect();
+        ops.sort_by(|a, b| a.name.cmp(&b.name));
+        ops
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// Admits an action and returns the operation to watch.
+    pub async fn execute(&self, req: &ExecuteRequest, invocation: String) -> Result<Arc<Operation>> {
+        let digest = DigestInfo::try_from(req.action_digest.as_ref())?;
+        if !req.skip_cache_lookup {
+            if let Some(result) = lookup_complete(self.ac.as_ref(), self.cas.as_ref(), digest).await? {
+                debug!(action = %digest, "Execute served from the action cache");
+                let op = Operation::new(digest);
+                op.complete(ExecuteResponse {
+                    result: Some(result),
+                    cached_result: true,
+                    status: Some(ok_status()),
+                    ..Default::default()
+                });
+                self.operations.insert(op.name.clone(), op.clone());
+                return Ok(op);
+            }
+        }
+        if let Some(op) = self.in_flight.get(&digest).map(|o| o.clone()).filter(|o| !o.is_done()) {
+            debug!(action = %digest, operation = %op.name, "joining identical action in flight");
+            return Ok(op);
+        }
+
+        let job = prepare(self.cas.as_ref(), digest, self.default_timeout, self.max_timeout).await?;
+        if let Some(blame) = self.matcher.never_matchable(&self.worker_properties, &job.platform) {
+            let wanted: Vec<String> = blame.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Err(Error::FailedPrecondition(format!(
+                "no configured worker can run this action: no worker offers {}; check --remote_default_exec_properties / exec_properties against [[execution.pool.workers]] properties",
+                wanted.join(", ")
+            )));
+        }
+        // Pin first, then check: a blob seen present cannot be evicted after.
+        self.cas.pin(&job.blobs);
+        let missing = match self.cas.find_missing(&job.blobs).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.cas.unpin(&job.blobs);
+                return Err(e);
+            }
+        };
+        if !missing.is_empty() {
+            self.cas.unpin(&job.blobs);
+            return Err(Error::MissingBlobs {
+                message: format!("{} input blobs are missing from the CAS", missing.len()),
+                blobs: missing,
+            });
+        }
+
+        let do_not_cache = job.action.do_not_cache;
+        let priority = req.execution_policy.as_ref().map(|p| p.priority).unwrap_or(0);
+        let op = Operation::new(digest);
+        {
+            let mut queue = self.queue.lock();
+            if queue.len() >= self.max_queue_size {
+                drop(queue);
+                self.cas.unpin(&job.blobs);
+                return Err(Error::ResourceExhausted(format!(
+                    "the execution queue is full ({} actions waiting, max_queue_size = {}); retry later",
+                    self.max_queue_size, self.max_queue_size
+                )));
+            }
+            if !do_not_cache {
+                // Re-checked under the queue lock so two racing requests share one run.
+                match self.in_flight.entry(digest) {
+                    dashmap::Entry::Occupied(e) if !e.get().is_done() => {
+                        let existing = e.get().clone();
+                        drop(queue);
+                        self.cas.unpin(&job.blobs);
+                        return Ok(existing);
+                    }
+                    dashmap::Entry::Occupied(mut e) => {
+                        e.insert(op.clone());
+                    }
+                    dashmap::Entry::Vacant(e) => {
+                        e.insert(op.clone());
+                    }
+                }
+            }
+            self.operations.insert(op.name.clone(), op.clone());
+            queue.push(QueuedJob {
+                op: op.clone(),
+                job: Arc::new(job),
+                priority,
+                invocation,
+                queued_at: SystemTime::now(),
+            });
+        }
+        debug!(action = %digest, operation = %op.name, priority, "action queued");
+        self.wakeup.notify_waiters();
+        Ok(op)
+    }
+
+    /// Cancels a queued or running operation.
+    pub async fn cancel(&self, name: &str) -> Result<()> {
+        let op = self.get(name).ok_or_else(|| Error::NotFound(format!("operation {name} not found")))?;
+        let queued = self.queue.lock().remove(name);
+        match queued {
+            Some(item) => {
+                let error = Error::Cancelled("action was cancelled before it ran".into());
+                self.finish(&item.op, &item.job, None, Some(error)).await;
+            }
+            None => op.cancel.cancel(),
+        }
+        Ok(())
+    }
+
+    /// Registers a client watching `op`; when the last one leaves and none
+    /// returns within the grace period, the action is cancelled.
+    pub fn watch(self: &Arc<Self>, op: Arc<Operation>) -> WaiterGuard {
+        op.add_waiter();
+        WaiterGuard { op, sched: Arc::downgrade(self) }
+    }
+
+    async fn worker_loop(sched: Weak<Self>, worker: Arc<dyn Worker>) {
+        loop {
+            let Some(s) = sched.upgrade() else { return };
+            if !worker.is_healthy().await {
+                let pause = s.interval * 10;
+                drop(s);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            let notified = s.wakeup.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let item = s.queue.lock().take_for(&s.matcher, worker.properties());
+            match item {
+                Some(item) => s.run_one(worker.as_ref(), item).await,
+                None => {
+                    let interval = s.interval;
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_one(&self, worker: &dyn Worker, item: QueuedJob) {
+        let QueuedJob { op, job, queued_at, .. } = item;
+        if op.cancel.is_cancelled() {
+            self.finish(&op, &job, None, Some(Error::Cancelled("action was cancelled before it ran".into()))).await;
+            return;
+        }
+        op.set_executing();
+        debug!(action = %job.action_digest, operation = %op.name, worker = worker.id(), "action started");
+        let mut outcome = worker.run(&job, op.cancel.clone()).await;
+        if let Some(meta) = outcome.result.execution_metadata.as_mut() {
+            meta.queued_timestamp = Some(queued_at.into());
+        }
+        debug!(
+            action = %job.action_digest,
+            worker = worker.id(),
+            exit_code = outcome.result.exit_code,
+            error = ?outcome.error.as_ref().map(|e| e.to_string()),
+            "action finished"
+        );
+        self.finish(&op, &job, Some(outcome.result), outcome.error).await;
+    }
+
+    async fn finish(&self, op: &Arc<Operation>, job: &PreparedAction, result: Option<re_proto::reapi::ActionResult>, error: Option<Error>) {
+        let cacheable = error.is_none() && !job.action.do_not_cache && result.as_ref().is_some_and(|r| r.exit_code == 0);
+        if cacheable {
+            if let Some(r) = &result {
+                let digest = job.action_digest;
+                // Written before the operation completes so a following lookup hits.
+                if let Err(e) = self.ac.put(digest, r.encode_to_vec().into()).await {
+                    warn!(action = %digest, error = %e, "could not cache action result");
+                }
+            }
+        }
+        let message = match (&error, &result) {
+            (Some(e), _) => e.to_string(),
+            (None, Some(r)) if r.exit_code != 0 => format!("action exited with code {}", r.exit_code),
+            _ => String::new(),
+        };
+        let response = ExecuteResponse {
+            result,
+            cached_result: false,
+            status: Some(error.as_ref().map(|e| e.to_rpc_status()).unwrap_or_else(ok_status)),
+            server_logs: Default::default(),
+            message,
+        };
+        self.cas.unpin(&job.blobs);
+        self.in_flight.remove_if(&job.action_digest, |_, o| Arc::ptr_eq(o, op));
+        op.complete(response);
+    }
+
+    async fn janitor(sched: Weak<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(s) = sched.upgrade() else { return };
+            let ttl = s.result_ttl;
+            s.operations.retain(|_, op| op.completed_at().is_none_or(|t| t.elapsed() < ttl));
+        }
+    }
+}
+
+/// Held by each Execute / WaitExecution stream.
+pub struct WaiterGuard {
+    pub op: Arc<Operation>,
+    sched: Weak<Scheduler>,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if self.op.remove_waiter() > 0 || self.op.is_done() {
+            return;
+        }
+        let Some(sched) = self.sched.upgrade() else { return };
+        let op = self.op.clone();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            tokio::time::sleep(sched.abandon_grace).await;
+            if op.waiters() == 0 && !op.is_done() {
+                info!(operation = %op.name, action = %op.action_digest, "no client is waiting any more; cancelling the action");
+                let _ = sched.cancel(&op.name).await;
+            }
+        });
+    }
+}
