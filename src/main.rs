@@ -18,7 +18,11 @@ use crate::capabilities::CapabilitiesService;
 use crate::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Parser, Debug)]
-#[command(name = "re-server", version, about = "Remote Execution API v2 server (cache and execution) for Bazel and Buck2")]
+#[command(
+    name = "re-server",
+    version,
+    about = "Remote Execution API v2 server (cache and execution) for Bazel and Buck2"
+)]
 struct Args {
     /// TOML configuration file; without it an embedded default is used.
     #[arg(long, short)]
@@ -36,8 +40,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "debug,h2=info,hyper=info,tower=info" } else { "info" }));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if args.verbose { "debug,h2=info,hyper=info,tower=info" } else { "info" })
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -100,8 +100,10 @@ impl ActionCache for ActionCacheService {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
         let action = DigestInfo::try_from(req.action_digest.as_ref())?;
-        let mut result =
-            self.lookup(action).await?.ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
+        let mut result = self
+            .lookup(action)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
         self.inline(&mut result, &req).await?;
         Ok(Response::new(result))
     }
@@ -121,8 +123,7 @@ impl ActionCache for ActionCacheService {
             .into());
         }
         let action = DigestInfo::try_from(req.action_digest.as_ref())?;
-        let mut result =
-            req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is required".into()))?;
+        let mut result = req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is required".into()))?;
         // Inline data is a transport convenience; the blobs are the record.
         result.stdout_raw = Default::default();
         result.stderr_raw = Default::default();

@@ -79,16 +79,15 @@ impl ByteStreamService {
     }
 
     async fn write_stream(&self, mut stream: Streaming<WriteRequest>) -> Result<WriteResponse, Status> {
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Error::InvalidArgument("write stream carried no message".into()))?;
+        let first =
+            stream.message().await?.ok_or_else(|| Error::InvalidArgument("write stream carried no message".into()))?;
         let name = ResourceName::parse_write(&first.resource_name)?;
         check_instance(&self.instance_name, &name.instance)?;
         self.check_compressor(name.compressor)?;
         let digest = name.digest;
         let compressed = name.compressor != Compressor::Identity;
-        let done = |compressed: bool| WriteResponse { committed_size: if compressed { -1 } else { digest.size as i64 } };
+        let done =
+            |compressed: bool| WriteResponse { committed_size: if compressed { -1 } else { digest.size as i64 } };
 
         // A blob that is already stored needs no upload.
         if self.store.find_missing(&[digest]).await?.is_empty() {
@@ -104,19 +103,16 @@ impl ByteStreamService {
         match (first.write_offset, resuming) {
             (0, _) => *guard = None,
             (off, Some(c)) if off as u64 == c && !compressed => {}
-            (off, c) => {
-                return Err(Error::InvalidArgument(format!(
-                    "write_offset {off} does not match the {} bytes committed so far; ask QueryWriteStatus where to resume",
-                    c.unwrap_or(0)
-                ))
-                .into())
-            }
+            (off, c) => return Err(Error::InvalidArgument(format!(
+                "write_offset {off} does not match the {} bytes committed so far; ask QueryWriteStatus where to resume",
+                c.unwrap_or(0)
+            ))
+            .into()),
         }
         if guard.is_none() {
             *guard = Some(self.store.begin_write(digest).await?);
         }
-        let mut decoder =
-            if compressed { Some(StreamDecoder::new(name.compressor, digest.size)?) } else { None };
+        let mut decoder = if compressed { Some(StreamDecoder::new(name.compressor, digest.size)?) } else { None };
         let mut received: i64 = first.write_offset;
 
         let mut msg = first;

@@ -40,8 +40,8 @@ impl CasService {
 
     pub fn into_server(self) -> ContentAddressableStorageServer<Self> {
         ContentAddressableStorageServer::new(self)
-            .max_decoding_message_size(usize::MAX.min(self_limit()))
-            .max_encoding_message_size(usize::MAX.min(self_limit()))
+            .max_decoding_message_size(self_limit())
+            .max_encoding_message_size(self_limit())
     }
 
     async fn update_one(&self, req: re_proto::reapi::batch_update_blobs_request::Request) -> Result<DigestInfo> {
@@ -62,7 +62,12 @@ impl CasService {
         Ok(digest)
     }
 
-    async fn tree_pages(&self, root: DigestInfo, page_size: usize, offset: usize) -> Result<(Vec<Directory>, usize, bool)> {
+    async fn tree_pages(
+        &self,
+        root: DigestInfo,
+        page_size: usize,
+        offset: usize,
+    ) -> Result<(Vec<Directory>, usize, bool)> {
         // Breadth-first; the page token is the index of the next directory.
         let mut queue = vec![root];
         let mut seen = HashSet::new();
@@ -113,8 +118,7 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
-        let digests =
-            req.blob_digests.iter().map(DigestInfo::try_from).collect::<Result<Vec<_>>>().map_err(status)?;
+        let digests = req.blob_digests.iter().map(DigestInfo::try_from).collect::<Result<Vec<_>>>().map_err(status)?;
         let missing = self.store.find_missing(&digests).await?;
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.into_iter().map(Into::into).collect(),

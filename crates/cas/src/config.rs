@@ -32,7 +32,12 @@ fn default_max_size() -> u64 {
 
 impl Default for CasConfig {
     fn default() -> Self {
-        Self { backend: CasBackend::Filesystem, root_dir: None, max_size_bytes: default_max_size(), fsync_writes: false }
+        Self {
+            backend: CasBackend::Filesystem,
+            root_dir: None,
+            max_size_bytes: default_max_size(),
+            fsync_writes: false,
+        }
     }
 }
 

@@ -289,7 +289,14 @@ impl BlobStore for FilesystemStore {
             }
             Ok(hasher.finish())
         });
-        Ok(Box::new(FsWriter { shared: self.shared.clone(), digest, tmp: Some(tmp), tx: Some(tx), worker: Some(worker), sent: 0 }))
+        Ok(Box::new(FsWriter {
+            shared: self.shared.clone(),
+            digest,
+            tmp: Some(tmp),
+            tx: Some(tx),
+            worker: Some(worker),
+            sent: 0,
+        }))
     }
 
     fn file_path(&self, digest: DigestInfo) -> Option<PathBuf> {
@@ -392,4 +399,3 @@ impl Drop for FsWriter {
 pub fn blob_file_name(d: &DigestInfo) -> String {
     format!("{}-{}", d.hash_hex(), d.size)
 }
-

@@ -25,8 +25,8 @@ use std::sync::Arc;
 pub async fn open_store(config: &CasConfig) -> re_proto::Result<Arc<dyn BlobStore>> {
     Ok(match config.backend {
         CasBackend::Memory => Arc::new(MemoryStore::new(config.max_size_bytes)),
-        CasBackend::Filesystem => {
-            Arc::new(FilesystemStore::open(config.root_dir_or_default(), config.max_size_bytes, config.fsync_writes).await?)
-        }
+        CasBackend::Filesystem => Arc::new(
+            FilesystemStore::open(config.root_dir_or_default(), config.max_size_bytes, config.fsync_writes).await?,
+        ),
     })
 }

@@ -61,6 +61,11 @@ impl<V: Clone> LruIndex<V> {
         evicted
     }
 
+    /// Presence without touching the LRU order.
+    pub fn contains(&self, digest: &DigestInfo) -> bool {
+        self.inner.lock().entries.contains(digest)
+    }
+
     pub fn remove(&self, digest: &DigestInfo) {
         let mut inner = self.inner.lock();
         if inner.entries.pop(digest).is_some() {
@@ -112,7 +117,7 @@ mod tests {
         pins.pin(&[d(1, 10)]);
         let evicted: Vec<_> = idx.insert(d(3, 10), (), &pins).into_iter().map(|e| e.0).collect();
         assert_eq!(evicted, vec![d(2, 10)]);
-        assert!(idx.get(&d(1, 10)).is_some());
+        assert!(idx.contains(&d(1, 10)));
         pins.unpin(&[d(1, 10)]);
         let evicted: Vec<_> = idx.insert(d(4, 10), (), &pins).into_iter().map(|e| e.0).collect();
         assert_eq!(evicted, vec![d(1, 10)]);

@@ -89,7 +89,12 @@ impl BlobStore for MemoryStore {
         if digest.size > max {
             return Err(too_large(digest, max));
         }
-        Ok(Box::new(MemoryWriter { shared: self.shared.clone(), digest, buf: BytesMut::new(), hasher: DigestHasher::new() }))
+        Ok(Box::new(MemoryWriter {
+            shared: self.shared.clone(),
+            digest,
+            buf: BytesMut::new(),
+            hasher: DigestHasher::new(),
+        }))
     }
 
     fn pin(&self, digests: &[DigestInfo]) {
@@ -116,7 +121,10 @@ struct MemoryWriter {
 impl BlobWriter for MemoryWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         if self.hasher.len() + data.len() as u64 > self.digest.size {
-            return Err(Error::InvalidArgument(format!("more data than the {} bytes of blob {}", self.digest.size, self.digest)));
+            return Err(Error::InvalidArgument(format!(
+                "more data than the {} bytes of blob {}",
+                self.digest.size, self.digest
+            )));
         }
         self.hasher.update(&data);
         self.buf.extend_from_slice(&data);

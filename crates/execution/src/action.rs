@@ -25,9 +25,9 @@ pub struct PreparedAction {
 
 async fn fetch<M: Message + Default>(cas: &dyn BlobStore, d: DigestInfo, what: &str) -> Result<Option<M>> {
     match cas.get(d).await? {
-        Some(raw) => M::decode(raw)
-            .map(Some)
-            .map_err(|e| Error::InvalidArgument(format!("{what} {d} does not decode: {e}"))),
+        Some(raw) => {
+            M::decode(raw).map(Some).map_err(|e| Error::InvalidArgument(format!("{what} {d} does not decode: {e}")))
+        }
         None => Ok(None),
     }
 }
@@ -38,7 +38,10 @@ pub async fn prepare(
     default_timeout: Duration,
     max_timeout: Duration,
 ) -> Result<PreparedAction> {
-    let missing = |blobs: Vec<DigestInfo>| Error::MissingBlobs { message: "the action's inputs are not all in the CAS".into(), blobs };
+    let missing = |blobs: Vec<DigestInfo>| Error::MissingBlobs {
+        message: "the action's inputs are not all in the CAS".into(),
+        blobs,
+    };
     let action: Action = fetch(cas, action_digest, "Action").await?.ok_or_else(|| missing(vec![action_digest]))?;
     let command_digest = DigestInfo::try_from(action.command_digest.as_ref())?;
     let root_digest = DigestInfo::try_from(action.input_root_digest.as_ref())?;

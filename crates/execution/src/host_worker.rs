@@ -42,11 +42,7 @@ pub fn host_properties() -> Properties {
         "aarch64" => "arm-a64",
         other => other,
     };
-    vec![
-        ("OSFamily".into(), std::env::consts::OS.into()),
-        ("Arch".into(), arch.into()),
-        ("ISA".into(), isa.into()),
-    ]
+    vec![("OSFamily".into(), std::env::consts::OS.into()), ("Arch".into(), arch.into()), ("ISA".into(), isa.into())]
 }
 
 impl HostWorker {
@@ -92,7 +88,8 @@ impl HostWorker {
 
         let stdout_path = dir.join("stdout");
         let stderr_path = dir.join("stderr");
-        let wd = exec_root.join(crate::paths::relative_path(&job.command.working_directory, "working_directory", true)?);
+        let wd =
+            exec_root.join(crate::paths::relative_path(&job.command.working_directory, "working_directory", true)?);
         let args = &job.command.arguments;
         let mut cmd = tokio::process::Command::new(&args[0]);
         cmd.args(&args[1..])
@@ -182,8 +179,7 @@ impl Worker for HostWorker {
         };
         if let (Some(s), Some(e)) = (&meta.execution_start_timestamp, &meta.execution_completed_timestamp) {
             let (s, e) = (to_duration(s), to_duration(e));
-            meta.virtual_execution_duration =
-                e.checked_sub(s).and_then(|d| prost_types::Duration::try_from(d).ok());
+            meta.virtual_execution_duration = e.checked_sub(s).and_then(|d| prost_types::Duration::try_from(d).ok());
         }
         result.execution_metadata = Some(meta);
         RunOutcome { result, error }

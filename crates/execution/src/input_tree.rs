@@ -87,7 +87,10 @@ pub async fn resolve(cas: &dyn BlobStore, root: DigestInfo) -> Result<InputTree>
         }
     }
     if !missing.is_empty() {
-        return Err(Error::MissingBlobs { message: format!("{} input directories are missing", missing.len()), blobs: missing });
+        return Err(Error::MissingBlobs {
+            message: format!("{} input directories are missing", missing.len()),
+            blobs: missing,
+        });
     }
     tree.dirs.sort_by_key(|p| p.components().count());
     Ok(tree)
@@ -122,7 +125,10 @@ pub async fn materialise(cas: &Arc<dyn BlobStore>, tree: &InputTree, dest: &Path
     if !missing.is_empty() {
         missing.sort_unstable();
         missing.dedup();
-        return Err(Error::MissingBlobs { message: "input files were evicted before the action ran".into(), blobs: missing });
+        return Err(Error::MissingBlobs {
+            message: "input files were evicted before the action ran".into(),
+            blobs: missing,
+        });
     }
     let dest = dest.to_path_buf();
     let dirs = tree.dirs.clone();

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use re_proto::google::longrunning::operations_server::{Operations, OperationsServer};
 use re_proto::google::longrunning::{
-    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
-    ListOperationsResponse, Operation as OperationProto, WaitOperationRequest,
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest, ListOperationsResponse,
+    Operation as OperationProto, WaitOperationRequest,
 };
 use re_proto::Error;
 use tonic::{Request, Response, Status};
@@ -87,7 +87,8 @@ impl Operations for OperationsService {
             .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
             .unwrap_or(Duration::from_secs(60));
         let mut rx = op.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| matches!(s, crate::operation::Stage::Completed(_)))).await;
+        let _ =
+            tokio::time::timeout(timeout, rx.wait_for(|s| matches!(s, crate::operation::Stage::Completed(_)))).await;
         Ok(Response::new(op.to_proto()))
     }
 }

@@ -12,8 +12,8 @@ use prost::Message;
 use re_cas::BlobStore;
 use re_proto::digest::DigestHasher;
 use re_proto::reapi::{
-    ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile, OutputSymlink,
-    SymlinkNode, Tree,
+    ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile, OutputSymlink, SymlinkNode,
+    Tree,
 };
 use re_proto::{DigestInfo, Error, Result};
 
@@ -43,7 +43,8 @@ pub async fn upload_file(cas: &Arc<dyn BlobStore>, path: &Path) -> Result<Digest
         return Ok(digest);
     }
     if digest.size <= UPLOAD_CHUNK as u64 {
-        let data = tokio::fs::read(path).await.map_err(|e| Error::io(format!("reading output {}", path.display()), e))?;
+        let data =
+            tokio::fs::read(path).await.map_err(|e| Error::io(format!("reading output {}", path.display()), e))?;
         cas.put(digest, data.into()).await?;
         return Ok(digest);
     }
@@ -80,7 +81,9 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 fn inside(root: &Path, path: &Path, shown: &str) -> Result<PathBuf> {
     let real = std::fs::canonicalize(path).map_err(|e| Error::io(format!("resolving output {shown}"), e))?;
     if !real.starts_with(root) {
-        return Err(Error::InvalidArgument(format!("output '{shown}' is a symlink pointing outside the action directory")));
+        return Err(Error::InvalidArgument(format!(
+            "output '{shown}' is a symlink pointing outside the action directory"
+        )));
     }
     Ok(real)
 }
@@ -95,7 +98,8 @@ fn walk_dir<'a>(
 ) -> futures::future::BoxFuture<'a, Result<Directory>> {
     Box::pin(async move {
         let mut out = Directory::default();
-        let mut entries = tokio::fs::read_dir(&dir).await.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let mut entries =
+            tokio::fs::read_dir(&dir).await.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         while let Some(entry) = entries.next_entry().await.map_err(|e| Error::io("listing output directory", e))? {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
@@ -128,7 +132,12 @@ fn walk_dir<'a>(
     })
 }
 
-async fn output_directory(cas: &Arc<dyn BlobStore>, exec_root: &Path, path: &Path, shown: &str) -> Result<OutputDirectory> {
+async fn output_directory(
+    cas: &Arc<dyn BlobStore>,
+    exec_root: &Path,
+    path: &Path,
+    shown: &str,
+) -> Result<OutputDirectory> {
     let mut children = HashMap::new();
     let root = walk_dir(cas, exec_root, path.to_path_buf(), &mut children).await?;
     let root_digest = put_message(cas, &root).await?;
@@ -163,12 +172,21 @@ async fn probe(exec_root: &Path, full: &Path, shown: &str, keep_symlinks: bool) 
         let meta = tokio::fs::metadata(&real).await.map_err(|e| Error::io("stat output", e))?;
         return Ok(if meta.is_dir() { Found::Dir(real) } else { Found::File(real, is_executable(&meta)) });
     }
-    Ok(if meta.is_dir() { Found::Dir(full.to_path_buf()) } else { Found::File(full.to_path_buf(), is_executable(&meta)) })
+    Ok(if meta.is_dir() {
+        Found::Dir(full.to_path_buf())
+    } else {
+        Found::File(full.to_path_buf(), is_executable(&meta))
+    })
 }
 
 /// Fills the output fields of `result` from what the action left in `exec_root`.
 /// Output paths are relative to the Command's working directory.
-pub async fn collect(cas: &Arc<dyn BlobStore>, exec_root: &Path, command: &Command, result: &mut ActionResult) -> Result<()> {
+pub async fn collect(
+    cas: &Arc<dyn BlobStore>,
+    exec_root: &Path,
+    command: &Command,
+    result: &mut ActionResult,
+) -> Result<()> {
     let exec_root = std::fs::canonicalize(exec_root).map_err(|e| Error::io("resolving action directory", e))?;
     let wd = exec_root.join(paths::relative_path(&command.working_directory, "working_directory", true)?);
     if !command.output_paths.is_empty() {

@@ -54,7 +54,11 @@ impl PlatformMatcher {
     }
 
     /// The wanted properties this worker does not satisfy (empty = it matches).
-    pub fn unmatched<'a>(&self, worker: &[(String, String)], wanted: &'a [(String, String)]) -> Vec<&'a (String, String)> {
+    pub fn unmatched<'a>(
+        &self,
+        worker: &[(String, String)],
+        wanted: &'a [(String, String)],
+    ) -> Vec<&'a (String, String)> {
         wanted.iter().filter(|(k, v)| !self.satisfies(worker, k, v)).collect()
     }
 

@@ -37,9 +37,7 @@ pub async fn start_pool(
                     Some(u) => Some(crate::user::resolve(u, h.run_as_group.as_deref())?),
                     None => match &h.run_as_group {
                         Some(_) => {
-                            return Err(re_proto::Error::InvalidArgument(
-                                "run_as_group needs run_as_user".into(),
-                            ))
+                            return Err(re_proto::Error::InvalidArgument("run_as_group needs run_as_user".into()))
                         }
                         None => None,
                     },

@@ -246,8 +246,15 @@ impl Scheduler {
         self.finish(&op, &job, Some(outcome.result), outcome.error).await;
     }
 
-    async fn finish(&self, op: &Arc<Operation>, job: &PreparedAction, result: Option<re_proto::reapi::ActionResult>, error: Option<Error>) {
-        let cacheable = error.is_none() && !job.action.do_not_cache && result.as_ref().is_some_and(|r| r.exit_code == 0);
+    async fn finish(
+        &self,
+        op: &Arc<Operation>,
+        job: &PreparedAction,
+        result: Option<re_proto::reapi::ActionResult>,
+        error: Option<Error>,
+    ) {
+        let cacheable =
+            error.is_none() && !job.action.do_not_cache && result.as_ref().is_some_and(|r| r.exit_code == 0);
         if cacheable {
             if let Some(r) = &result {
                 let digest = job.action_digest;
