@@ -521,3 +521,43 @@ async fn paths_that_escape_the_action_directory_are_rejected() {
     assert_eq!(resp.status.unwrap().code, Code::InvalidArgument as i32);
     assert!(resp.result.map(|r| r.output_files.is_empty()).unwrap_or(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_of_queued_actions_are_not_evicted() {
+    // A 256 KiB CAS: the queued action's 64 KiB input would be the oldest blob.
+    let cfg = r#"
+[storage.cas]
+backend = "memory"
+max_size_bytes = 262144
+[storage.action_cache]
+backend = "memory"
+[execution.pool]
+scheduler_interval_ms = 20
+[[execution.pool.workers]]
+type = "host"
+count = 1
+"#;
+    let server = common::TestServer::start(cfg);
+    let ch = server.channel().await;
+    let blocker = {
+        let ch = ch.clone();
+        tokio::spawn(async move { run_spec(&ch, "", &ActionSpec::sh("sleep 1.5"), &ExecOpts::default()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut spec = ActionSpec::sh("wc -c < input.bin");
+    spec.input_files = vec![("input.bin".into(), vec![7u8; 65536], false)];
+    let queued = {
+        let (ch, spec) = (ch.clone(), spec.clone());
+        tokio::spawn(async move { run_spec(&ch, "", &spec, &ExecOpts::default()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Push 640 KiB of other blobs through the store while it waits.
+    for i in 0..10u8 {
+        let data = bytes::Bytes::from(vec![100 + i; 65536]);
+        put_blobs(&ch, "", vec![(digest_of(&data), data)]).await;
+    }
+    blocker.await.unwrap().unwrap();
+    let (resp, out) = queued.await.unwrap().expect("queued action ran");
+    assert_eq!(resp.status.unwrap().code, 0);
+    assert_eq!(out.trim(), "65536");
+}
