@@ -139,7 +139,14 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            // For an unknown field the span covers its table; point at the key itself.
+            let unknown = inner.message().strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+            let key_line = unknown.and_then(|k| {
+                text.lines().position(|l| l.trim_start().strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('=')))
+            });
+            let line = key_line
+                .map(|i| i + 1)
+                .or_else(|| inner.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)));
             let reason = match line {
                 Some(l) => format!("{} (line {l})", inner.message()),
                 None => inner.message().to_string(),
@@ -213,6 +220,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("x.toml: key `storage.cas"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
+        assert!(msg.contains("(line 3)"), "{msg}");
     }
 
     #[test]
