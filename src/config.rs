@@ -142,7 +142,8 @@ impl Config {
             // For an unknown field the span covers its table; point at the key itself.
             let unknown = inner.message().strip_prefix("unknown field `").and_then(|m| m.split('`').next());
             let key_line = unknown.and_then(|k| {
-                text.lines().position(|l| l.trim_start().strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('=')))
+                text.lines()
+                    .position(|l| l.trim_start().strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('=')))
             });
             let line = key_line
                 .map(|i| i + 1)

@@ -24,9 +24,11 @@ impl BazelRun {
         let line = self
             .output
             .lines()
-            .filter(|l| l.contains(" process") && l.starts_with("INFO: "))
-            .filter(|l| l.contains("processes:") || l.contains("process:"))
-            .last()
+            .rfind(|l| {
+                l.starts_with("INFO: ")
+                    && l.contains(" process")
+                    && (l.contains("processes:") || l.contains("process:"))
+            })
             .unwrap_or_else(|| panic!("no process summary in:\n{}", self.output));
         let counts = line.split_once(':').unwrap().1.split_once(':').map(|x| x.1).unwrap_or("");
         counts
@@ -42,12 +44,7 @@ impl BazelRun {
     }
 
     pub fn summary_line(&self) -> String {
-        self.output
-            .lines()
-            .filter(|l| l.starts_with("INFO: ") && l.contains("process"))
-            .last()
-            .unwrap_or("")
-            .to_string()
+        self.output.lines().rfind(|l| l.starts_with("INFO: ") && l.contains("process")).unwrap_or("").to_string()
     }
 }
 

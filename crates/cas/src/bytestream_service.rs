@@ -103,11 +103,13 @@ impl ByteStreamService {
         match (first.write_offset, resuming) {
             (0, _) => *guard = None,
             (off, Some(c)) if off as u64 == c && !compressed => {}
-            (off, c) => return Err(Error::InvalidArgument(format!(
+            (off, c) => {
+                return Err(Error::InvalidArgument(format!(
                 "write_offset {off} does not match the {} bytes committed so far; ask QueryWriteStatus where to resume",
                 c.unwrap_or(0)
             ))
-            .into()),
+                .into())
+            }
         }
         if guard.is_none() {
             *guard = Some(self.store.begin_write(digest).await?);
