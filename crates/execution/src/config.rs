@@ -92,6 +92,7 @@ impl Default for PoolConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WorkerConfig {
     Host(HostWorkerConfig),
+    Docker(crate::docker_config::DockerWorkerConfig),
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,8 @@
 
 pub mod action;
 pub mod config;
+pub mod docker_config;
+pub mod docker_worker;
 pub mod execution_service;
 pub mod host_worker;
 pub mod input_tree;

@@ -9,6 +9,12 @@
 //!   RBE-style configs write `Linux`).
 //! - `minimum`: numeric resource; the worker's value must be at least the action's.
 //! - `ignore`: never constrains matching.
+//!
+//! A worker property whose value is [`ANY_VALUE`] (`*`) satisfies any wanted
+//! value of that key in `exact` mode: the worker decides at run time (docker
+//! workers advertise `container-image=*`, `dockerNetwork=*`, `dockerUser=*`
+//! and check the action's values against their configuration). Workers that
+//! do not advertise a key at all still never match it.
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -21,6 +27,9 @@ pub enum MatchMode {
     Minimum,
     Ignore,
 }
+
+/// A worker property value meaning "any value of this key" (exact mode).
+pub const ANY_VALUE: &str = "*";
 
 /// A property list: (name, value) pairs, keys may repeat.
 pub type Properties = Vec<(String, String)>;
@@ -44,8 +53,8 @@ impl PlatformMatcher {
         let mut offered = worker.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
         match self.mode(key) {
             MatchMode::Ignore => true,
-            MatchMode::Exact if key == "OSFamily" => offered.any(|v| v.eq_ignore_ascii_case(value)),
-            MatchMode::Exact => offered.any(|v| v == value),
+            MatchMode::Exact if key == "OSFamily" => offered.any(|v| v == ANY_VALUE || v.eq_ignore_ascii_case(value)),
+            MatchMode::Exact => offered.any(|v| v == ANY_VALUE || v == value),
             MatchMode::Minimum => match value.trim().parse::<f64>() {
                 Ok(want) => offered.any(|v| v.trim().parse::<f64>().is_ok_and(|have| have >= want)),
                 Err(_) => false,
@@ -134,6 +143,23 @@ mod tests {
     fn ignore_never_constrains() {
         let m = matcher(&[("label", MatchMode::Ignore)]);
         assert!(m.matches(&props(&[]), &props(&[("label", "anything")])));
+    }
+
+    #[test]
+    fn star_worker_values_match_any_value() {
+        let m = PlatformMatcher::default();
+        let docker = props(&[("OSFamily", "linux"), ("container-image", "*"), ("dockerNetwork", "*")]);
+        let host = props(&[("OSFamily", "linux")]);
+        let wanted = props(&[("container-image", "docker://ubuntu:22.04"), ("dockerNetwork", "off")]);
+        assert!(m.matches(&docker, &wanted));
+        assert!(!m.matches(&host, &wanted), "a worker without the key never matches it");
+        assert!(m.never_matchable(&[host.clone(), docker.clone()], &wanted).is_none());
+        assert!(m.never_matchable(&[host], &wanted).is_some());
+        // Only the worker side is a wildcard: an action asking for `*` wants that literal value.
+        assert!(!m.matches(&props(&[("pool", "a")]), &props(&[("pool", "*")])));
+        // Minimum and ignore modes are unchanged.
+        let m = matcher(&[("cores", MatchMode::Minimum)]);
+        assert!(!m.matches(&props(&[("cores", "*")]), &props(&[("cores", "2")])));
     }
 
     #[test]

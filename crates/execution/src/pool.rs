@@ -8,6 +8,7 @@ use re_proto::Result;
 use tracing::info;
 
 use crate::config::{ExecutionBackend, ExecutionConfig, HostWorkerConfig, WorkerConfig};
+use crate::docker_worker::DockerWorker;
 use crate::host_worker::HostWorker;
 use crate::scheduler::Scheduler;
 use crate::worker::Worker;
@@ -30,6 +31,7 @@ pub async fn start_pool(
     };
     let mut workers: Vec<Arc<dyn Worker>> = Vec::new();
     let mut host_n = 0;
+    let mut docker_n = 0;
     for group in &groups {
         match group {
             WorkerConfig::Host(h) => {
@@ -49,6 +51,17 @@ pub async fn start_pool(
                     let w = HostWorker::new(id.clone(), h, base.join(&id), user, cas.clone())?;
                     info!("Registered host worker: {id}");
                     workers.push(Arc::new(w));
+                }
+            }
+            WorkerConfig::Docker(d) => {
+                d.validate()?;
+                let base = d.work_dir.clone().unwrap_or_else(|| data_dir.join("work"));
+                for _ in 0..d.count {
+                    docker_n += 1;
+                    let id = format!("docker-worker-{docker_n}");
+                    let w = DockerWorker::start(id.clone(), d, base.join(&id), cas.clone())?;
+                    info!("Registered docker worker: {id} (engine {}, image {})", w.engine(), d.image);
+                    workers.push(w);
                 }
             }
         }

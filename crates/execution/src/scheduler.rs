@@ -99,7 +99,9 @@ impl Scheduler {
                     status: Some(ok_status()),
                     ..Default::default()
                 });
-                self.operations.insert(op.name.clone(), op.clone());
+                // Not kept for WaitExecution: the Execute stream already ends
+                // with this answer, and keeping every hit for result_ttl lets a
+                // client that repeats cached Executes grow the server unbounded.
                 return Ok(op);
             }
         }

@@ -1,0 +1,247 @@
+//! `[[execution.pool.workers]] type = "docker"`: workers that run each action
+//! in a container of a Docker engine (through bollard).
+//!
+//! ```toml
+//! [[execution.pool.workers]]
+//! type = "docker"
+//! count = 2
+//! image = "ubuntu:22.04"        # used when the action names no container-image
+//! always_pull = false           # true: pull before creating each container
+//! cpu_limit = 2.0               # cores (NanoCpus)
+//! memory_limit = 4294967296     # bytes (Memory and MemorySwap)
+//! network_mode = "none"         # none | bridge | host
+//! user = "1000:1000"            # user[:group] inside the container
+//! allowed_images = ["*"]        # container-image values an action may ask for
+//! docker_host = "unix:///run/docker-b.sock"   # or tcp://HOST:2376 + tls_*
+//! warm = true                   # reuse one started container (exec per action)
+//! tasks_max = 100               # ... recycled after this many actions
+//! seconds_idle = 300            # ... or after this long unused
+//! [[execution.pool.workers.volumes]]
+//! host_path = "/var/cache/build"
+//! container_path = "/cache"
+//! read_only = true
+//! ```
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use re_proto::{Error, Result};
+use serde::Deserialize;
+
+/// Where the container's network comes from (Docker's HostConfig.NetworkMode).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Only a loopback interface (the default: actions are hermetic).
+    #[default]
+    None,
+    /// The engine's default bridge: outbound network access.
+    Bridge,
+    /// The host's network namespace.
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_docker(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::Host => "host",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerVolume {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerWorkerConfig {
+    #[serde(default = "d_count")]
+    pub count: usize,
+    /// The image for actions without a `container-image` property.
+    pub image: String,
+    /// Pull the image before creating each container (bounded by a timeout);
+    /// false: the image must already be on the engine.
+    #[serde(default)]
+    pub always_pull: bool,
+    /// CPU cores per container (HostConfig.NanoCpus).
+    pub cpu_limit: Option<f64>,
+    /// Bytes of memory per container (Memory; MemorySwap is set equal, so no swap).
+    pub memory_limit: Option<u64>,
+    /// The most network an action may get; see `docker_worker` for `dockerNetwork`.
+    #[serde(default)]
+    pub network_mode: NetworkMode,
+    /// `user[:group]` (names or ids, as `docker run --user`); unset = the image's user.
+    pub user: Option<String>,
+    /// Glob patterns (`*` matches anything) of the `container-image` values an
+    /// action may ask for; unset = only `image`.
+    pub allowed_images: Option<Vec<String>>,
+    /// `unix:///path`, `tcp://host:port` (`http://`, `https://`); unset =
+    /// `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
+    /// PEM files for a TLS `tcp://` engine; all three or none.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Parent of the per-worker directories bind-mounted into containers;
+    /// defaults to `<data_dir>/work`. The engine must see the same filesystem.
+    pub work_dir: Option<PathBuf>,
+    /// Server environment variables passed into the container (besides the
+    /// image's environment and the action's own variables). Default: none.
+    #[serde(default)]
+    pub env_whitelist: Vec<String>,
+    /// Added to what the worker advertises.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// A warm container is replaced after this many actions.
+    #[serde(default = "d_tasks_max")]
+    pub tasks_max: u64,
+    /// A warm container unused this long is removed.
+    #[serde(default = "d_idle")]
+    pub seconds_idle: u64,
+    /// true: one started container per worker, each action runs via `exec`;
+    /// false: a fresh container per action, removed afterwards.
+    #[serde(default = "d_true")]
+    pub warm: bool,
+    #[serde(default)]
+    pub volumes: Vec<DockerVolume>,
+}
+
+fn d_count() -> usize {
+    1
+}
+fn d_tasks_max() -> u64 {
+    100
+}
+fn d_idle() -> u64 {
+    300
+}
+fn d_true() -> bool {
+    true
+}
+
+impl DockerWorkerConfig {
+    /// Checks what serde cannot, so a bad config stops the server at start.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("docker worker: {m}")));
+        if self.image.trim().is_empty() {
+            return bad("image must not be empty".into());
+        }
+        if let Some(c) = self.cpu_limit {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("cpu_limit must be a positive number of cores, not {c}"));
+            }
+        }
+        if let Some(m) = self.memory_limit {
+            // Docker refuses less than 6 MiB.
+            if m < 6 * 1024 * 1024 || m > i64::MAX as u64 {
+                return bad(format!("memory_limit must be at least 6291456 bytes (6 MiB), not {m}"));
+            }
+        }
+        if self.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return bad("user must not be empty (leave it out for the image's user)".into());
+        }
+        if self.tasks_max == 0 {
+            return bad("tasks_max must be at least 1".into());
+        }
+        let tls = [&self.tls_ca, &self.tls_cert, &self.tls_key].iter().filter(|t| t.is_some()).count();
+        if tls != 0 && tls != 3 {
+            return bad("tls_ca, tls_cert and tls_key go together: set all three or none".into());
+        }
+        if let Some(h) = &self.docker_host {
+            let known = ["unix://", "tcp://", "http://", "https://"];
+            if !known.iter().any(|p| h.starts_with(p)) {
+                return bad(format!("docker_host '{h}' must start with unix://, tcp://, http:// or https://"));
+            }
+            if tls == 3 && h.starts_with("unix://") {
+                return bad("tls_* files only apply to a tcp:// docker_host".into());
+            }
+        }
+        for v in &self.volumes {
+            if !v.host_path.is_absolute() || !v.container_path.starts_with('/') {
+                return bad(format!(
+                    "volume {} -> {}: both paths must be absolute",
+                    v.host_path.display(),
+                    v.container_path
+                ));
+            }
+            if v.container_path == "/re-server" || v.container_path.starts_with("/re-server/") {
+                return bad(format!("volume container_path {} is reserved for action files", v.container_path));
+            }
+        }
+        Ok(())
+    }
+
+    /// The patterns `container-image` values are checked against.
+    pub fn allowed_patterns(&self) -> Vec<String> {
+        self.allowed_images.clone().unwrap_or_else(|| vec![self.image.clone()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> std::result::Result<DockerWorkerConfig, String> {
+        toml_like(s)
+    }
+
+    // The crate has no TOML dependency; serde's value deserializer stands in.
+    fn toml_like(s: &str) -> std::result::Result<DockerWorkerConfig, String> {
+        use serde::de::value::{Error as DeError, MapDeserializer};
+        let pairs: Vec<(String, String)> = s
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let de = MapDeserializer::<_, DeError>::new(pairs.into_iter());
+        DockerWorkerConfig::deserialize(de).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c = parse("image = busybox").unwrap();
+        assert_eq!(c.count, 1);
+        assert!(c.warm);
+        assert_eq!(c.tasks_max, 100);
+        assert_eq!(c.seconds_idle, 300);
+        assert_eq!(c.network_mode, NetworkMode::None);
+        assert_eq!(c.allowed_patterns(), vec!["busybox".to_string()]);
+        assert!(c.validate().is_ok());
+        let err = parse("image = busybox\nnetwork = host").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(parse("always_pull = x").is_err(), "image is required");
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = parse("image = busybox").unwrap();
+        c.memory_limit = Some(1024);
+        assert!(c.validate().is_err());
+        c.memory_limit = Some(32 << 20);
+        c.cpu_limit = Some(0.0);
+        assert!(c.validate().is_err());
+        c.cpu_limit = Some(0.5);
+        c.tls_ca = Some("/ca.pem".into());
+        assert!(c.validate().is_err(), "tls files go together");
+        c.tls_ca = None;
+        c.docker_host = Some("ssh://x".into());
+        assert!(c.validate().is_err());
+        c.docker_host = Some("tcp://10.0.0.1:2376".into());
+        assert!(c.validate().is_ok());
+        c.volumes = vec![DockerVolume { host_path: "rel".into(), container_path: "/x".into(), read_only: true }];
+        assert!(c.validate().is_err());
+        c.volumes =
+            vec![DockerVolume { host_path: "/a".into(), container_path: "/re-server/x".into(), read_only: false }];
+        assert!(c.validate().is_err());
+    }
+}
