@@ -606,42 +606,35 @@ async fn a_pool_over_two_engines_survives_losing_one() {
     stop_and_expect_no_leak(&mut server, None);
 }
 
-/// Per-action overhead of a no-op on a docker worker, warm vs fresh (and a
-/// host worker for reference). `cargo test --test docker -- --ignored --nocapture overhead`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn overhead_of_a_noop_action() {
+async fn actions_only_a_down_engine_could_run_fail_after_their_timeout() {
     if !docker_ready() {
         return;
     }
-    let host = "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\n".to_string();
-    for (name, workers) in [
-        ("host", host),
-        ("docker warm", docker_group("warm = true\n")),
-        ("docker fresh", docker_group("warm = false\n")),
-    ] {
-        let mut server = common::TestServer::start(&config(&workers));
-        let ch = server.channel().await;
-        let mut times = Vec::new();
-        for i in 0..21 {
-            let mut spec = ActionSpec { args: vec!["/bin/true".into()], ..Default::default() };
-            spec.salt = format!("{name}{i}");
-            let t = Instant::now();
-            run_ok(&ch, &spec).await;
-            if i > 0 {
-                times.push(t.elapsed());
-            }
-        }
-        times.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!(
-            "OVERHEAD {name}: n={} p50={:.1} ms p90={:.1} ms min={:.1} ms max={:.1} ms",
-            times.len(),
-            ms(times[times.len() / 2]),
-            ms(times[times.len() * 9 / 10]),
-            ms(times[0]),
-            ms(times[times.len() - 1])
-        );
-        stop_and_expect_no_leak(&mut server, None);
-    }
+    // The docker worker's engine does not exist; the host worker is fine.
+    let dead = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}/no-docker.sock", dead.path().display());
+    let workers = format!(
+        "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\n{}",
+        docker_group(&format!("docker_host = \"{sock}\"\n"))
+    );
+    let server = common::TestServer::start(&config(&workers));
+    let ch = server.channel().await;
+
+    // What the host worker can run still runs.
+    let (resp, out) = run_ok(&ch, &ActionSpec::sh("echo on-host")).await;
+    assert_eq!(out, "on-host\n");
+    assert_eq!(worker_of(&resp), "host-worker-1");
+
+    // Only the docker worker could run this one: it waits, then fails clearly.
+    let mut stranded = in_image("echo never");
+    stranded.timeout = Some(Duration::from_secs(3));
+    let t = Instant::now();
+    let (resp, _) = run_spec(&ch, "", &stranded, &ExecOpts::default()).await.expect("execute");
+    let (code, message) = status(&resp);
+    assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("no healthy worker") && message.contains("docker-worker-1"), "{message}");
+    assert!(t.elapsed() >= Duration::from_secs(3), "failed before its timeout: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(20), "took too long to fail: {:?}", t.elapsed());
+    assert!(server.logs().contains("docker engine is unreachable"), "the dead engine is logged");
 }

@@ -740,9 +740,14 @@ async fn concurrent_writers_of_one_blob_all_succeed() {
         let mut c = c;
         assert!(bs_read(&mut c, &common::read_resource("", &d), 0, 0).await.unwrap() == *data);
         if config.contains("filesystem") {
-            let tmp = server.data_dir().join("cas/tmp");
-            let left = std::fs::read_dir(&tmp).map(|r| r.count()).unwrap_or(0);
-            assert_eq!(left, 0, "temporary upload files left in {}", tmp.display());
+            let prefix = server.data_dir().join("cas/blobs").join(&d.hash[..2]);
+            let left: Vec<_> = std::fs::read_dir(&prefix)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".tmp-"))
+                .collect();
+            assert!(left.is_empty(), "temporary upload files left in {}: {left:?}", prefix.display());
         }
     }
 }

@@ -1,9 +1,12 @@
-//! Blobs as files: `<root>/blobs/<2 hex>/<hash>-<size>`. Uploads go to
-//! `<root>/tmp` and are renamed into place only after their digest is checked,
-//! so a crash never leaves a partial blob visible. The LRU index lives in
-//! memory and is rebuilt from the directory at start (oldest mtime first).
+//! Blobs as files: `<root>/blobs/<2 hex>/<hash>-<size>`. Uploads go to a
+//! `.tmp-<uuid>` file in the same directory and are renamed into place only
+//! after their digest is checked, so a crash never leaves a partial blob
+//! visible (the start-up scan deletes any leftover temp file). Spreading
+//! temp files over the 256 directories avoids contention on one directory's
+//! lock when many small blobs arrive at once. The LRU index lives in memory
+//! and is rebuilt from the directory at start (oldest mtime first).
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -33,7 +36,6 @@ pub struct FilesystemStore {
 
 struct Shared {
     blobs_dir: PathBuf,
-    tmp_dir: PathBuf,
     index: LruIndex<()>,
     pins: PinSet,
     fsync: bool,
@@ -53,7 +55,6 @@ impl FilesystemStore {
     pub async fn open(root: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self> {
         let shared = Arc::new(Shared {
             blobs_dir: root.join("blobs"),
-            tmp_dir: root.join("tmp"),
             index: LruIndex::new(max_size_bytes),
             pins: PinSet::default(),
             fsync,
@@ -85,21 +86,13 @@ impl FilesystemStore {
 
 impl Shared {
     fn blob_path(&self, d: &DigestInfo) -> PathBuf {
-        let hex = d.hash_hex();
-        self.blobs_dir.join(&hex[..2]).join(format!("{hex}-{}", d.size))
+        self.blobs_dir.join(d_prefix(d)).join(blob_file_name(d))
     }
 
     fn scan(&self) -> Result<ScanReport> {
         let start = Instant::now();
-        for dir in [&self.blobs_dir, &self.tmp_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        }
-        // Leftover uploads from a previous run can never be completed.
-        if let Ok(entries) = std::fs::read_dir(&self.tmp_dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        std::fs::create_dir_all(&self.blobs_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.blobs_dir.display()), e))?;
         let mut found: Vec<(SystemTime, DigestInfo)> = Vec::new();
         let mut discarded = 0;
         for prefix in 0..=255u8 {
@@ -111,7 +104,8 @@ impl Shared {
                 let parsed = name.to_str().and_then(parse_blob_file_name);
                 let meta = entry.metadata().ok();
                 match (parsed, meta) {
-                    // A file whose length differs from its name was cut short (power loss).
+                    // A file whose length differs from its name was cut short (power
+                    // loss); a `.tmp-` file is an upload that can never complete.
                     (Some(d), Some(m)) if m.len() == d.size => {
                         found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d));
                     }
@@ -134,18 +128,15 @@ impl Shared {
         Ok(ScanReport { blobs, bytes, discarded, elapsed_ms: start.elapsed().as_millis() })
     }
 
-    fn tmp_path(&self) -> PathBuf {
-        self.tmp_dir.join(uuid::Uuid::new_v4().simple().to_string())
+    /// A fresh temp file name beside where `digest` will live.
+    fn tmp_path(&self, digest: &DigestInfo) -> PathBuf {
+        let hex = d_prefix(digest);
+        self.blobs_dir.join(hex).join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()))
     }
 
     /// Renames a verified temporary file into place and indexes it.
     async fn publish(self: &Arc<Self>, tmp: PathBuf, digest: DigestInfo) -> Result<()> {
         let dest = self.blob_path(&digest);
-        // Read-only, so an action that gets the blob hard-linked as an input
-        // cannot change the CAS copy (unless it runs as root).
-        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))
-            .await
-            .map_err(|e| Error::io(format!("publishing blob {digest}"), e))?;
         tokio::fs::rename(&tmp, &dest).await.map_err(|e| Error::io(format!("publishing blob {digest}"), e))?;
         let evicted = self.index.insert(digest, (), &self.pins);
         if !evicted.is_empty() {
@@ -159,6 +150,22 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+fn d_prefix(d: &DigestInfo) -> String {
+    hex::encode([d.hash[0]])
+}
+
+/// Creates an upload file. Read-only from the start (writing through the
+/// new descriptor still works), so an action that gets the blob hard-linked
+/// as an input cannot change the CAS copy (unless it runs as root).
+fn create_upload_file(path: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+        .map_err(|e| Error::io("creating upload file", e))
 }
 
 fn parse_blob_file_name(name: &str) -> Option<DigestInfo> {
@@ -241,26 +248,33 @@ impl BlobStore for FilesystemStore {
             return Err(too_large(digest, self.shared.index.max_bytes()));
         }
         let shared = self.shared.clone();
-        let tmp = shared.tmp_path();
+        let tmp = shared.tmp_path(&digest);
         let tmp2 = tmp.clone();
-        let fsync = shared.fsync;
-        let written = tokio::task::spawn_blocking(move || -> Result<()> {
+        let written = tokio::task::spawn_blocking(move || -> Result<bool> {
             let actual = DigestInfo::of_bytes(&data);
             if actual != digest {
                 return Err(digest_mismatch(digest, actual));
             }
-            let mut f = std::fs::File::create(&tmp2).map_err(|e| Error::io("creating upload file", e))?;
+            // Already stored (and now refreshed): nothing to write.
+            if digest.is_empty_blob() || shared.index.get(&digest).is_some() {
+                return Ok(false);
+            }
+            let mut f = create_upload_file(&tmp2)?;
             f.write_all(&data).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
-            if fsync {
+            if shared.fsync {
                 f.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
             }
-            Ok(())
+            Ok(true)
         })
         .await
         .map_err(join_error)?;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
+        match written {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
         }
         self.shared.publish(tmp, digest).await
     }
@@ -269,32 +283,39 @@ impl BlobStore for FilesystemStore {
         if digest.size > self.shared.index.max_bytes() {
             return Err(too_large(digest, self.shared.index.max_bytes()));
         }
-        let tmp = self.shared.tmp_path();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
-        let path = tmp.clone();
+        let tmp = self.shared.tmp_path(&digest);
+        let file = {
+            let path = tmp.clone();
+            tokio::task::spawn_blocking(move || create_upload_file(&path)).await.map_err(join_error)??
+        };
         let fsync = self.shared.fsync;
-        // Hashing and writing happen on a blocking thread, overlapping with
-        // the network receiving the next chunks.
-        let worker = tokio::task::spawn_blocking(move || -> Result<DigestInfo> {
-            let file = std::fs::File::create(&path).map_err(|e| Error::io("creating upload file", e))?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut hasher = DigestHasher::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                out.write_all(&chunk).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
+        // Hashing and writing each get a blocking thread, so a chunk is hashed
+        // while the one before it is written and the network receives the next.
+        let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let writer = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut file = file;
+            while let Some(chunk) = write_rx.blocking_recv() {
+                file.write_all(&chunk).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
             }
-            let file = out.into_inner().map_err(|e| Error::io(format!("writing blob {digest}"), e.into_error()))?;
             if fsync {
                 file.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
             }
-            Ok(hasher.finish())
+            Ok(())
+        });
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut hasher = DigestHasher::new();
+            while let Some(chunk) = hash_rx.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher.finish()
         });
         Ok(Box::new(FsWriter {
             shared: self.shared.clone(),
             digest,
             tmp: Some(tmp),
-            tx: Some(tx),
-            worker: Some(worker),
+            tx: Some((write_tx, hash_tx)),
+            worker: Some((writer, hasher)),
             sent: 0,
         }))
     }
@@ -320,19 +341,20 @@ struct FsWriter {
     shared: Arc<Shared>,
     digest: DigestInfo,
     tmp: Option<PathBuf>,
-    tx: Option<mpsc::Sender<Bytes>>,
-    worker: Option<JoinHandle<Result<DigestInfo>>>,
+    /// To the disk thread and the hashing thread.
+    tx: Option<(mpsc::Sender<Bytes>, mpsc::Sender<Bytes>)>,
+    worker: Option<(JoinHandle<Result<()>>, JoinHandle<DigestInfo>)>,
     sent: u64,
 }
 
 impl FsWriter {
-    /// The disk thread stopped early: surface its error.
+    /// A thread stopped early: surface its error.
     async fn worker_error(&mut self) -> Error {
         self.tx = None;
         match self.worker.take() {
-            Some(w) => match w.await {
+            Some((writer, _)) => match writer.await {
                 Ok(Err(e)) => e,
-                Ok(Ok(_)) => Error::Internal("upload writer stopped early".into()),
+                Ok(Ok(())) => Error::Internal("upload hasher stopped early".into()),
                 Err(e) => join_error(e),
             },
             None => Error::Internal("upload already finished".into()),
@@ -350,8 +372,10 @@ impl BlobWriter for FsWriter {
             )));
         }
         let len = data.len() as u64;
-        let Some(tx) = &self.tx else { return Err(Error::Internal("upload already finished".into())) };
-        if tx.send(data).await.is_err() {
+        let Some((write_tx, hash_tx)) = &self.tx else {
+            return Err(Error::Internal("upload already finished".into()));
+        };
+        if hash_tx.send(data.clone()).await.is_err() || write_tx.send(data).await.is_err() {
             return Err(self.worker_error().await);
         }
         self.sent += len;
@@ -364,12 +388,14 @@ impl BlobWriter for FsWriter {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.tx = None;
-        let worker = self.worker.take().expect("commit called once");
+        let (writer, hasher) = self.worker.take().expect("commit called once");
         let tmp = self.tmp.take().expect("commit called once");
-        let result = match worker.await.map_err(join_error) {
-            Ok(Ok(actual)) if actual == self.digest => self.shared.publish(tmp.clone(), self.digest).await,
-            Ok(Ok(actual)) => Err(digest_mismatch(self.digest, actual)),
-            Ok(Err(e)) | Err(e) => Err(e),
+        let written = writer.await.map_err(join_error).and_then(|r| r);
+        let hashed = hasher.await.map_err(join_error);
+        let result = match (written, hashed) {
+            (Ok(()), Ok(actual)) if actual == self.digest => self.shared.publish(tmp.clone(), self.digest).await,
+            (Ok(()), Ok(actual)) => Err(digest_mismatch(self.digest, actual)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -381,11 +407,11 @@ impl BlobWriter for FsWriter {
 impl Drop for FsWriter {
     fn drop(&mut self) {
         // An abandoned upload: let the disk thread finish, then delete its file.
-        if let (Some(tmp), Some(worker)) = (self.tmp.take(), self.worker.take()) {
+        if let (Some(tmp), Some((writer, _))) = (self.tmp.take(), self.worker.take()) {
             self.tx = None;
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = worker.await;
+                    let _ = writer.await;
                     let _ = tokio::fs::remove_file(tmp).await;
                 });
             } else {

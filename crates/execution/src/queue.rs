@@ -80,6 +80,12 @@ impl Queue {
         Some(job)
     }
 
+    /// Names of the queued operations for which `pred` holds.
+    pub fn names_where(&self, mut pred: impl FnMut(&QueuedJob) -> bool) -> Vec<String> {
+        let jobs = self.levels.values().flat_map(|l| l.by_invocation.values()).flatten();
+        jobs.filter(|j| pred(j)).map(|j| j.op.name.clone()).collect()
+    }
+
     /// Removes a queued operation (cancellation).
     pub fn remove(&mut self, name: &str) -> Option<QueuedJob> {
         for (prio, level) in self.levels.iter_mut() {

@@ -1,6 +1,7 @@
 //! The pool scheduler: admits Execute requests (cache lookup, in-flight
 //! deduplication, input checks, platform feasibility, queue limit), hands
 //! queued actions to idle workers, and records results.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +29,8 @@ pub struct Scheduler {
     ac: Arc<dyn ActionCacheStore>,
     matcher: PlatformMatcher,
     worker_properties: Vec<Properties>,
+    /// Per worker (same order): its id and whether its last health check passed.
+    worker_health: Vec<(String, Arc<AtomicBool>)>,
     queue: Mutex<Queue>,
     wakeup: Notify,
     operations: DashMap<String, Arc<Operation>>,
@@ -54,6 +57,7 @@ impl Scheduler {
             ac,
             matcher: PlatformMatcher::new(config.platform_match.clone()),
             worker_properties: workers.iter().map(|w| w.properties().clone()).collect(),
+            worker_health: workers.iter().map(|w| (w.id().to_string(), Arc::new(AtomicBool::new(true)))).collect(),
             queue: Mutex::new(Queue::default()),
             wakeup: Notify::new(),
             operations: DashMap::new(),
@@ -65,8 +69,8 @@ impl Scheduler {
             result_ttl: Duration::from_secs(config.result_ttl_seconds),
             abandon_grace: Duration::from_secs(config.abandon_grace_seconds),
         });
-        for w in workers {
-            tokio::spawn(Self::worker_loop(Arc::downgrade(&sched), w));
+        for (w, (_, healthy)) in workers.into_iter().zip(sched.worker_health.iter()) {
+            tokio::spawn(Self::worker_loop(Arc::downgrade(&sched), w, healthy.clone()));
         }
         tokio::spawn(Self::janitor(Arc::downgrade(&sched)));
         sched
@@ -200,10 +204,12 @@ impl Scheduler {
         WaiterGuard { op, sched: Arc::downgrade(self) }
     }
 
-    async fn worker_loop(sched: Weak<Self>, worker: Arc<dyn Worker>) {
+    async fn worker_loop(sched: Weak<Self>, worker: Arc<dyn Worker>, healthy: Arc<AtomicBool>) {
         loop {
             let Some(s) = sched.upgrade() else { return };
-            if !worker.is_healthy().await {
+            let ok = worker.is_healthy().await;
+            healthy.store(ok, Ordering::Relaxed);
+            if !ok {
                 let pause = s.interval * 10;
                 drop(s);
                 tokio::time::sleep(pause).await;
@@ -290,6 +296,41 @@ impl Scheduler {
             let Some(s) = sched.upgrade() else { return };
             let ttl = s.result_ttl;
             s.operations.retain(|_, op| op.completed_at().is_none_or(|t| t.elapsed() < ttl));
+            s.fail_stranded().await;
+        }
+    }
+
+    /// Fails queued actions that waited longer than their timeout while no
+    /// healthy worker could run them (e.g. every docker engine they need is
+    /// down), so a build gets an answer instead of hanging. Actions that merely
+    /// wait for a busy but healthy pool keep waiting.
+    async fn fail_stranded(&self) {
+        let healthy = |props: &Properties| {
+            self.worker_properties
+                .iter()
+                .zip(&self.worker_health)
+                .any(|(p, (_, ok))| ok.load(Ordering::Relaxed) && self.matcher.matches(p, props))
+        };
+        let stranded = self
+            .queue
+            .lock()
+            .names_where(|j| j.queued_at.elapsed().unwrap_or_default() >= j.job.timeout && !healthy(&j.job.platform));
+        for name in stranded {
+            let Some(item) = self.queue.lock().remove(&name) else { continue };
+            let down: Vec<&str> = self
+                .worker_properties
+                .iter()
+                .zip(&self.worker_health)
+                .filter(|(p, _)| self.matcher.matches(p, &item.job.platform))
+                .map(|(_, (id, _))| id.as_str())
+                .collect();
+            let error = Error::DeadlineExceeded(format!(
+                "action waited {}s (its timeout) in the queue and no healthy worker could run it; the workers that match it are unavailable: {}",
+                item.job.timeout.as_secs(),
+                down.join(", ")
+            ));
+            warn!(operation = %item.op.name, action = %item.job.action_digest, "{error}");
+            self.finish(&item.op, &item.job, None, Some(error)).await;
         }
     }
 }

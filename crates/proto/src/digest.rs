@@ -37,17 +37,21 @@ impl DigestInfo {
         if size < 0 {
             return Err(Error::InvalidArgument(format!("digest {hash}/{size}: size must not be negative")));
         }
-        let mut out = [0u8; 32];
-        if hash.len() != 64 || hex::decode_to_slice(hash, &mut out).is_err() {
-            return Err(Error::InvalidArgument(format!(
+        match decode_hash(hash.as_bytes()) {
+            Some(out) => Ok(Self { hash: out, size: size as u64 }),
+            None => Err(Error::InvalidArgument(format!(
                 "digest {hash}/{size}: hash must be 64 hex characters (SHA-256 is the only digest function served)"
-            )));
+            ))),
         }
-        Ok(Self { hash: out, size: size as u64 })
     }
 
     pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.hash) {
+            pair[0] = HEX_DIGITS[(b >> 4) as usize];
+            pair[1] = HEX_DIGITS[(b & 0xf) as usize];
+        }
+        std::str::from_utf8(&out).expect("hex digits are ASCII").to_owned()
     }
 
     pub fn is_empty_blob(&self) -> bool {
@@ -57,6 +61,42 @@ impl DigestInfo {
     pub fn to_proto(&self) -> Digest {
         Digest { hash: self.hash_hex(), size_bytes: self.size as i64 }
     }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Nibble value of each byte, 0xff for non-hex. FindMissingBlobs decodes
+/// thousands of hashes per call, and a table beats per-character branches
+/// on random hex digits.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+fn decode_hash(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0xf);
+    }
+    // Any invalid character set the high bits of `bad`.
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 impl TryFrom<&Digest> for DigestInfo {
@@ -137,6 +177,16 @@ mod tests {
         assert!(DigestInfo::from_hex("abc", 1).is_err());
         assert!(DigestInfo::from_hex(&d.hash_hex(), -1).is_err());
         assert!(DigestInfo::from_hex(&"zz".repeat(32), 1).is_err());
+        assert!(DigestInfo::from_hex(&format!("{}g", &d.hash_hex()[..63]), 5).is_err());
+        let upper = d.hash_hex().to_uppercase();
+        assert_eq!(DigestInfo::from_hex(&upper, 5).unwrap(), d);
+        assert_eq!(d.hash_hex(), hex::encode(Sha256::digest(b"hello")));
+        // Every byte value round-trips.
+        for k in 0..8 {
+            let all = DigestInfo::new(std::array::from_fn(|i| (k * 32 + i) as u8), 1);
+            assert_eq!(DigestInfo::from_hex(&all.hash_hex(), 1).unwrap(), all);
+            assert_eq!(all.hash_hex(), hex::encode(all.hash));
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ grep -q '^e.sha256 65$' "$f" || fail "f.txt lacks 'e.sha256 65'"
 [ "$(lines "$f")" = 6 ] || fail "f.txt should have 6 lines"
 [ -x "$greet" ] || fail "greet.sh is not executable"
 [ "$("$greet" x)" = "greet x" ] || fail "greet.sh output"
-[ "$(cat "$hello")" = "hello, re-server, from cc_binary" ] || fail "hello.out: $(cat "$hello")"
+# "-": the caller has no cc_binary output (a run where every action is in a busybox container).
+[ "$hello" = - ] || [ "$(cat "$hello")" = "hello, re-server, from cc_binary" ] || fail "hello.out: $(cat "$hello")"
 [ "$(cat "$big_sum")" = 417ea340341f113af076d959328e972caa33c2fb5aa81ee6e50811ef8b64242d ] \
     || fail "big.sha256: $(cat "$big_sum")"
 echo "outputs_test: all checks passed"
