@@ -155,6 +155,7 @@ impl Config {
             ConfigError { file: file.to_string(), key: if key == "." { String::new() } else { key }, reason }
         })?;
         config.validate().map_err(|(key, reason)| ConfigError { file: file.to_string(), key: key.into(), reason })?;
+        config.execution.check().map_err(|(key, reason)| ConfigError { file: file.to_string(), key, reason })?;
         Ok(config)
     }
 
@@ -222,6 +223,26 @@ mod tests {
         assert!(msg.starts_with("x.toml: key `storage.cas"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
         assert!(msg.contains("(line 3)"), "{msg}");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        for name in ["pool.toml", "host-only.toml", "docker.toml", "default.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn bad_docker_worker_values_name_the_key() {
+        let text = "[[execution.pool.workers]]\ntype = \"host\"\n\
+                    [[execution.pool.workers]]\ntype = \"docker\"\nimage = \"busybox\"\nmemory_limit = 1024\n";
+        let err = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(err.key, "execution.pool.workers[1].memory_limit", "{err}");
+        assert!(err.to_string().contains("6 MiB"), "{err}");
+        let text = "[[execution.pool.workers]]\ntype = \"docker\"\nimage = \"busybox\"\nnetwork_mode = \"wifi\"\n";
+        let err = Config::parse(text, "x.toml").unwrap_err();
+        assert!(err.to_string().contains("wifi"), "{err}");
     }
 
     #[test]

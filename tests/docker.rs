@@ -110,15 +110,18 @@ async fn run_ok(ch: &tonic::transport::Channel, spec: &ActionSpec) -> (ExecuteRe
     (resp, stdout)
 }
 
-async fn limits_case(warm: bool) {
+/// `archive`: `file_transfer = "archive"` (no bind mount; files go through
+/// the engine's archive API, as for an engine on another machine).
+async fn limits_case(warm: bool, archive: bool) {
     if !docker_ready() {
         return;
     }
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("hello"), "from-the-host\n").unwrap();
     let extra = format!(
-        "warm = {warm}\ncpu_limit = 1.5\nmemory_limit = 67108864\nnetwork_mode = \"none\"\nuser = \"1000:1000\"\n\
+        "warm = {warm}\nfile_transfer = \"{}\"\ncpu_limit = 1.5\nmemory_limit = 67108864\nnetwork_mode = \"none\"\nuser = \"1000:1000\"\n\
          [[execution.pool.workers.volumes]]\nhost_path = \"{}\"\ncontainer_path = \"/cache\"\nread_only = true\n",
+        if archive { "archive" } else { "mount" },
         vol.path().display()
     );
     let mut server = common::TestServer::start(&config(&docker_group(&extra)));
@@ -130,11 +133,17 @@ async fn limits_case(warm: bool) {
          echo net=$(ls /sys/class/net | tr '\\n' ' '); echo uid=$(id -u); echo pwd=$(pwd); \
          echo env=$MY_VAR; cat /cache/hello; \
          if touch /cache/x 2>/dev/null; then echo cache=writable; else echo cache=read-only; fi; \
-         cat in.txt > out/copy.txt && echo made > out/made.txt",
+         echo mounts=$(grep -c ' /re-server ' /proc/mounts); \
+         cat in.txt > out/copy.txt && ./tool.sh > out/made.txt && \
+         mkdir -p tree/sub && echo leaf > tree/sub/leaf.txt && ln -s sub/leaf.txt tree/link",
     );
     spec.env = vec![("MY_VAR".into(), "my-value".into())];
-    spec.input_files = vec![("in.txt".into(), b"input!\n".to_vec(), false)];
+    spec.input_files = vec![
+        ("in.txt".into(), b"input!\n".to_vec(), false),
+        ("tool.sh".into(), b"#!/bin/sh\necho made\n".to_vec(), true),
+    ];
     spec.output_files = vec!["out/copy.txt".into(), "out/made.txt".into()];
+    spec.output_directories = vec!["tree".into()];
     let (resp, stdout) = run_ok(&ch, &spec).await;
     assert!(stdout.contains("mem=67108864\n"), "memory limit not applied: {stdout}");
     assert!(
@@ -149,25 +158,46 @@ async fn limits_case(warm: bool) {
     assert!(stdout.contains("from-the-host\n"), "{stdout}");
     assert!(stdout.contains("cache=read-only\n"), "a read-only volume was writable: {stdout}");
     assert!(!vol.path().join("x").exists());
+    let mounts = if archive { "mounts=0\n" } else { "mounts=1\n" };
+    assert!(stdout.contains(mounts), "archive = {archive}: {stdout}");
     let result = resp.result.unwrap();
+    assert_eq!(result.output_directories.len(), 1, "{result:?}");
+    assert_eq!(result.output_directories[0].path, "tree");
     let mut outs: Vec<_> = result.output_files.iter().map(|f| f.path.clone()).collect();
     outs.sort();
     assert_eq!(outs, vec!["out/copy.txt", "out/made.txt"]);
     let copy = result.output_files.iter().find(|f| f.path == "out/copy.txt").unwrap();
     assert_eq!(&read_blob(&ch, "", copy.digest.as_ref().unwrap()).await[..], b"input!\n");
+    let made = result.output_files.iter().find(|f| f.path == "out/made.txt").unwrap();
+    assert_eq!(&read_blob(&ch, "", made.digest.as_ref().unwrap()).await[..], b"made\n", "executable input ran");
     assert_eq!(result.execution_metadata.unwrap().worker, "docker-worker-1");
+    // The next action sees only its own inputs (a warm container keeps nothing).
+    let mut next = in_image("find . | sort | tr '\\n' ' '");
+    next.input_files = vec![("other.txt".into(), b"x".to_vec(), false)];
+    let (_, listing) = run_ok(&ch, &next).await;
+    assert_eq!(listing, ". ./other.txt ", "leftovers of the previous action");
     assert!(server.logs().contains("Registered docker worker: docker-worker-1"));
     stop_and_expect_no_leak(&mut server, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_user_network_and_volumes_warm() {
-    limits_case(true).await;
+    limits_case(true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_user_network_and_volumes_fresh() {
-    limits_case(false).await;
+    limits_case(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_transfer_without_a_bind_mount_warm() {
+    limits_case(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_transfer_without_a_bind_mount_fresh() {
+    limits_case(false, true).await;
 }
 
 async fn oom_case(warm: bool) {

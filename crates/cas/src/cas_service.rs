@@ -120,9 +120,19 @@ impl ContentAddressableStorage for CasService {
         check_instance(&self.instance_name, &req.instance_name)?;
         let digests = req.blob_digests.iter().map(DigestInfo::try_from).collect::<Result<Vec<_>>>().map_err(status)?;
         let missing = self.store.find_missing(&digests).await?;
-        Ok(Response::new(FindMissingBlobsResponse {
-            missing_blob_digests: missing.into_iter().map(Into::into).collect(),
-        }))
+        // `missing` is a subsequence of the request: hand the client's own
+        // Digest messages back instead of re-encoding hundreds of hashes.
+        let mut next = missing.iter().peekable();
+        let mut echoed = Vec::with_capacity(missing.len());
+        for (proto, d) in req.blob_digests.into_iter().zip(&digests) {
+            if next.peek() == Some(&d) {
+                next.next();
+                echoed.push(proto);
+            }
+        }
+        let missing_blob_digests =
+            if next.peek().is_none() { echoed } else { missing.into_iter().map(Into::into).collect() };
+        Ok(Response::new(FindMissingBlobsResponse { missing_blob_digests }))
     }
 
     async fn batch_update_blobs(

@@ -11,7 +11,7 @@ pub type ByteStreamChunks = BoxStream<'static, Result<Bytes>>;
 
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Returns the digests that are not stored. Present blobs count as used
+    /// Returns the digests that are not stored, in request order. Present blobs count as used
     /// (their LRU position is refreshed) so a build that asked keeps them.
     async fn find_missing(&self, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>>;
 

@@ -25,6 +25,19 @@ pub struct ExecutionConfig {
     pub pool: PoolConfig,
 }
 
+impl ExecutionConfig {
+    /// Checks worker settings serde cannot: the first bad one as (key, reason),
+    /// the key spelled as in the file (`execution.pool.workers[1].memory_limit`).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        for (i, w) in self.pool.workers.iter().enumerate() {
+            if let WorkerConfig::Docker(d) = w {
+                d.check().map_err(|(key, reason)| (format!("execution.pool.workers[{i}].{key}"), reason))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {

@@ -16,6 +16,7 @@
 //! warm = true                   # reuse one started container (exec per action)
 //! tasks_max = 100               # ... recycled after this many actions
 //! seconds_idle = 300            # ... or after this long unused
+//! file_transfer = "archive"     # mount (default for local sockets) | archive (default for tcp://)
 //! [[execution.pool.workers.volumes]]
 //! host_path = "/var/cache/build"
 //! container_path = "/cache"
@@ -48,6 +49,18 @@ impl NetworkMode {
             NetworkMode::Host => "host",
         }
     }
+}
+
+/// How the action's files reach the container.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileTransfer {
+    /// Bind-mount the worker's host directory: the engine must see the
+    /// server's filesystem (a local engine).
+    Mount,
+    /// Copy inputs in and outputs out through the engine's archive API:
+    /// works with an engine on another machine.
+    Archive,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -109,6 +122,8 @@ pub struct DockerWorkerConfig {
     /// false: a fresh container per action, removed afterwards.
     #[serde(default = "d_true")]
     pub warm: bool,
+    /// Unset: `mount` for a local socket, `archive` for a tcp:// engine.
+    pub file_transfer: Option<FileTransfer>,
     #[serde(default)]
     pub volumes: Vec<DockerVolume>,
 }
@@ -129,53 +144,61 @@ fn d_true() -> bool {
 impl DockerWorkerConfig {
     /// Checks what serde cannot, so a bad config stops the server at start.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidArgument(format!("docker worker: {m}")));
+        self.check().map_err(|(key, reason)| Error::InvalidArgument(format!("docker worker: {key}: {reason}")))
+    }
+
+    /// The first bad value as (key, reason).
+    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
         if self.image.trim().is_empty() {
-            return bad("image must not be empty".into());
+            return Err(("image", "must not be empty".into()));
         }
         if let Some(c) = self.cpu_limit {
             if !(c.is_finite() && c > 0.0) {
-                return bad(format!("cpu_limit must be a positive number of cores, not {c}"));
+                return Err(("cpu_limit", format!("must be a positive number of cores, not {c}")));
             }
         }
         if let Some(m) = self.memory_limit {
             // Docker refuses less than 6 MiB.
             if m < 6 * 1024 * 1024 || m > i64::MAX as u64 {
-                return bad(format!("memory_limit must be at least 6291456 bytes (6 MiB), not {m}"));
+                return Err(("memory_limit", format!("must be at least 6291456 bytes (6 MiB), not {m}")));
             }
         }
         if self.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
-            return bad("user must not be empty (leave it out for the image's user)".into());
+            return Err(("user", "must not be empty (leave it out for the image's user)".into()));
         }
         if self.tasks_max == 0 {
-            return bad("tasks_max must be at least 1".into());
+            return Err(("tasks_max", "must be at least 1".into()));
         }
         let tls = [&self.tls_ca, &self.tls_cert, &self.tls_key].iter().filter(|t| t.is_some()).count();
         if tls != 0 && tls != 3 {
-            return bad("tls_ca, tls_cert and tls_key go together: set all three or none".into());
+            return Err(("tls_ca", "tls_ca, tls_cert and tls_key go together: set all three or none".into()));
         }
         if let Some(h) = &self.docker_host {
             let known = ["unix://", "tcp://", "http://", "https://"];
             if !known.iter().any(|p| h.starts_with(p)) {
-                return bad(format!("docker_host '{h}' must start with unix://, tcp://, http:// or https://"));
+                return Err(("docker_host", format!("'{h}' must start with unix://, tcp://, http:// or https://")));
             }
             if tls == 3 && h.starts_with("unix://") {
-                return bad("tls_* files only apply to a tcp:// docker_host".into());
+                return Err(("tls_ca", "tls_* files only apply to a tcp:// docker_host".into()));
             }
         }
         for v in &self.volumes {
             if !v.host_path.is_absolute() || !v.container_path.starts_with('/') {
-                return bad(format!(
-                    "volume {} -> {}: both paths must be absolute",
-                    v.host_path.display(),
-                    v.container_path
+                return Err((
+                    "volumes",
+                    format!("{} -> {}: both paths must be absolute", v.host_path.display(), v.container_path),
                 ));
             }
             if v.container_path == "/re-server" || v.container_path.starts_with("/re-server/") {
-                return bad(format!("volume container_path {} is reserved for action files", v.container_path));
+                return Err(("volumes", format!("container_path {} is reserved for action files", v.container_path)));
             }
         }
         Ok(())
+    }
+
+    pub fn transfer(&self) -> FileTransfer {
+        let remote = self.docker_host.as_deref().is_some_and(|h| !h.starts_with("unix://"));
+        self.file_transfer.unwrap_or(if remote { FileTransfer::Archive } else { FileTransfer::Mount })
     }
 
     /// The patterns `container-image` values are checked against.
@@ -216,6 +239,12 @@ mod tests {
         assert_eq!(c.seconds_idle, 300);
         assert_eq!(c.network_mode, NetworkMode::None);
         assert_eq!(c.allowed_patterns(), vec!["busybox".to_string()]);
+        assert_eq!(c.transfer(), FileTransfer::Mount);
+        let mut remote = c.clone();
+        remote.docker_host = Some("tcp://127.0.0.1:2376".into());
+        assert_eq!(remote.transfer(), FileTransfer::Archive, "a tcp engine cannot see our files");
+        remote.file_transfer = Some(FileTransfer::Mount);
+        assert_eq!(remote.transfer(), FileTransfer::Mount);
         assert!(c.validate().is_ok());
         let err = parse("image = busybox\nnetwork = host").unwrap_err();
         assert!(err.contains("unknown field"), "{err}");

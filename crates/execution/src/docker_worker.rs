@@ -5,8 +5,13 @@
 //! materialised on the host into `mnt/exec` (so inside the container the input
 //! root is always [`EXEC_ROOT`]), the command runs with its working directory
 //! below it, and outputs are collected from the host directory afterwards.
-//! The engine must therefore see the server's filesystem (a local socket, or
-//! a TCP engine on the same machine).
+//! That needs an engine that sees the server's filesystem (`file_transfer =
+//! "mount"`, the default for a local socket). With `file_transfer =
+//! "archive"` (the default for a tcp:// engine, e.g. another machine's) there
+//! is no bind mount: the input tree is streamed into the container as a tar
+//! before the action runs, and the declared outputs are streamed back out
+//! into the same host directory afterwards (`docker_archive`), so the rest
+//! of the worker is the same in both modes.
 //!
 //! Two modes:
 //! - `warm = true`: one started container per worker (its main process is a
@@ -67,7 +72,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::action::PreparedAction;
-use crate::docker_config::{DockerWorkerConfig, NetworkMode};
+use crate::docker_archive;
+use crate::docker_config::{DockerWorkerConfig, FileTransfer, NetworkMode};
 use crate::input_tree::{self, LinkMode};
 use crate::outputs;
 use crate::platform::Properties;
@@ -138,7 +144,12 @@ pub struct DockerWorker {
     /// Version negotiated and stale containers removed.
     ready: AtomicBool,
     warm: tokio::sync::Mutex<Option<Warm>>,
+    /// The warm container's id, readable while an action holds `warm`
+    /// (archive mode renews the lease inside it).
+    warm_id: parking_lot::Mutex<Option<String>>,
     lease: AtomicU64,
+    /// `file_transfer = "archive"`: no bind mount; files go through tar.
+    archive: bool,
 }
 
 /// What every docker worker advertises before its configured properties.
@@ -278,7 +289,9 @@ impl DockerWorker {
             health: parking_lot::Mutex::new(None),
             ready: AtomicBool::new(false),
             warm: tokio::sync::Mutex::new(None),
+            warm_id: parking_lot::Mutex::new(None),
             lease: AtomicU64::new(0),
+            archive: cfg.transfer() == FileTransfer::Archive,
         });
         worker.renew_lease();
         tokio::spawn(Self::housekeeping(Arc::downgrade(&worker)));
@@ -312,10 +325,19 @@ impl DockerWorker {
         }
     }
 
-    fn renew_lease(&self) {
+    fn renew_lease(&self) -> u64 {
         let n = self.lease.fetch_add(1, Ordering::Relaxed) + 1;
         if let Err(e) = std::fs::write(self.mnt.join("lease"), format!("{n}\n")) {
             warn!(worker = %self.id, error = %e, "could not renew the warm container lease");
+        }
+        n
+    }
+
+    /// Archive mode: the container cannot see the host's lease file.
+    async fn push_lease(&self, docker: &Docker, container: &str, n: u64) {
+        let path = format!("{MOUNT_POINT}/lease");
+        if let Err(e) = docker_archive::upload_file(docker, container, &path, format!("{n}\n").as_bytes()).await {
+            debug!(worker = %self.id, container, error = %e, "could not renew the warm container lease");
         }
     }
 
@@ -324,7 +346,13 @@ impl DockerWorker {
         loop {
             tokio::time::sleep(LEASE_RENEW).await;
             let Some(w) = worker.upgrade() else { return };
-            w.renew_lease();
+            let n = w.renew_lease();
+            let warm_id = w.warm_id.lock().clone();
+            if let (true, Some(id)) = (w.archive, warm_id) {
+                if let Ok(docker) = w.client() {
+                    w.push_lease(&docker, &id, n).await;
+                }
+            }
             let idle = Duration::from_secs(w.cfg.seconds_idle);
             if let Ok(mut warm) = w.warm.try_lock() {
                 if warm.as_ref().is_some_and(|c| c.last_used.elapsed() >= idle) {
@@ -403,6 +431,12 @@ impl DockerWorker {
 
     /// Force-removes a container (killing what runs in it); errors are logged.
     async fn remove(&self, docker: &Docker, id: &str) {
+        {
+            let mut warm_id = self.warm_id.lock();
+            if warm_id.as_deref() == Some(id) {
+                *warm_id = None;
+            }
+        }
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match docker.remove_container(id, Some(opts)).await {
             Ok(()) => debug!(worker = %self.id, container = %id, "container removed"),
@@ -455,7 +489,10 @@ impl DockerWorker {
     }
 
     fn host_config(&self, spec: &Spec, auto_remove: bool) -> HostConfig {
-        let mut binds = vec![format!("{}:{MOUNT_POINT}", self.mnt.display())];
+        let mut binds = Vec::new();
+        if !self.archive {
+            binds.push(format!("{}:{MOUNT_POINT}", self.mnt.display()));
+        }
         binds.extend(self.cfg.volumes.iter().map(|v| {
             format!("{}:{}:{}", v.host_path.display(), v.container_path, if v.read_only { "ro" } else { "rw" })
         }));
@@ -550,9 +587,49 @@ impl DockerWorker {
             ..Default::default()
         };
         let id = self.create(docker, body, &spec.image).await?;
-        let r = self.fresh_body(docker, &id, job, io, cancel).await;
+        let mut r = match self.upload_inputs(docker, &id).await {
+            Ok(()) => self.fresh_body(docker, &id, job, io, cancel).await,
+            Err(e) => Err(e),
+        };
+        if let Ok((_, None)) = &r {
+            if let Err(e) = self.download_outputs(docker, &id, job).await {
+                r = Err(e);
+            }
+        }
         self.remove(docker, &id).await;
         r
+    }
+
+    /// Archive mode: streams the materialised input tree into the container.
+    async fn upload_inputs(&self, docker: &Docker, container: &str) -> Result<()> {
+        if !self.archive {
+            return Ok(());
+        }
+        let top = MOUNT_POINT.trim_start_matches('/');
+        docker_archive::upload_dir(docker, container, self.mnt.join("exec"), top, "exec").await
+    }
+
+    /// Archive mode: copies the declared outputs back into the host
+    /// directory, where `outputs::collect` finds them as in mount mode.
+    async fn download_outputs(&self, docker: &Docker, container: &str, job: &PreparedAction) -> Result<()> {
+        if !self.archive {
+            return Ok(());
+        }
+        let cmd = &job.command;
+        let wd = crate::paths::relative_path(&cmd.working_directory, "working_directory", true)?;
+        let declared: Vec<&String> = if cmd.output_paths.is_empty() {
+            cmd.output_files.iter().chain(&cmd.output_directories).collect()
+        } else {
+            cmd.output_paths.iter().collect()
+        };
+        for p in declared {
+            let rel = crate::paths::relative_path(p, "output path", false)?;
+            let local = self.mnt.join("exec").join(&wd).join(&rel);
+            let Some(parent) = local.parent() else { continue };
+            let remote = Path::new(EXEC_ROOT).join(&wd).join(&rel);
+            docker_archive::download(docker, container, &remote.display().to_string(), parent).await?;
+        }
+        Ok(())
     }
 
     async fn fresh_body(
@@ -693,6 +770,11 @@ impl DockerWorker {
                 return Err(self.engine_error("starting the warm container", e));
             }
             debug!(worker = %self.id, container = %id, image = %spec.image, "warm container started");
+            *self.warm_id.lock() = Some(id.clone());
+            if self.archive {
+                let n = self.renew_lease();
+                self.push_lease(docker, &id, n).await;
+            }
             let mut w = Warm { id, spec: spec.clone(), tasks: 0, last_used: Instant::now(), oom_kills: 0 };
             if let Ok((_, text)) = self.exec_capture(docker, &w.id, OOM_PROBE).await {
                 w.oom_kills = parse_oom_kills(&text).unwrap_or(0);
@@ -749,6 +831,15 @@ impl DockerWorker {
             let w = self.warm_container(docker, &mut slot, spec, job, cancel).await?;
             w.tasks += 1;
             w.last_used = Instant::now();
+            if let Err(e) = self.upload_inputs(docker, &w.id).await {
+                let old = slot.take().expect("set");
+                self.remove(docker, &old.id).await;
+                if attempt == 1 {
+                    debug!(worker = %self.id, error = %e, "uploading inputs to the warm container failed; replacing it");
+                    continue;
+                }
+                return Err(e);
+            }
             let opts = CreateExecOptions {
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
@@ -802,8 +893,20 @@ impl DockerWorker {
         };
         // Kill what the action left running; read the OOM counter.
         let mut error = None;
-        match self.exec_capture(docker, &container, CLEANUP).await {
-            Ok((0, text)) => {
+        let cleanup = self.exec_capture(docker, &container, CLEANUP).await;
+        // Archive mode: outputs come out after leftovers were killed and
+        // before the container is cleaned (or removed, if cleaning failed).
+        if let Err(e) = self.download_outputs(docker, &container, job).await {
+            slot.take();
+            self.remove(docker, &container).await;
+            return Err(e);
+        }
+        // Archive mode: the next action must not see this one's files.
+        let cleared = !self.archive
+            || cleanup.is_err()
+            || matches!(self.exec_capture(docker, &container, CLEAR_EXEC_ROOT).await, Ok((0, _)));
+        match cleanup {
+            Ok((0, text)) if cleared => {
                 let w = slot.as_mut().expect("still warm");
                 let kills = parse_oom_kills(&text).unwrap_or(w.oom_kills);
                 if kills > w.oom_kills && code != 0 {
@@ -839,7 +942,10 @@ impl DockerWorker {
         tokio::fs::create_dir_all(&exec_root).await.map_err(|e| Error::io("creating action directory", e))?;
 
         meta.input_fetch_start_timestamp = Some(SystemTime::now().into());
-        let link = if may_hard_link(spec.user.as_deref()) { LinkMode::HardLink } else { LinkMode::Copy };
+        // In archive mode the container gets copies anyway; locally nothing
+        // but the tar reader touches the links.
+        let link =
+            if self.archive || may_hard_link(spec.user.as_deref()) { LinkMode::HardLink } else { LinkMode::Copy };
         input_tree::materialise(&self.cas, &job.inputs, &exec_root, link).await?;
         let (root, command) = (exec_root.clone(), job.command.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -884,6 +990,9 @@ impl DockerWorker {
 const OOM_PROBE: &str = "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null; true";
 /// Kills every process but the keepalive loop (PID 1 is immune), then probes.
 const CLEANUP: &str = "kill -9 -1 2>/dev/null; cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null; true";
+
+/// Archive mode: empties the action's directory inside a warm container.
+const CLEAR_EXEC_ROOT: &str = "rm -rf /re-server/exec";
 
 /// Lets any container user create outputs in the action's directories.
 fn open_dirs(root: &Path) -> Result<()> {

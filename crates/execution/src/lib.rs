@@ -13,6 +13,7 @@
 
 pub mod action;
 pub mod config;
+pub mod docker_archive;
 pub mod docker_config;
 pub mod docker_worker;
 pub mod execution_service;
