@@ -415,6 +415,26 @@ async fn warm_containers_are_reused_cleaned_and_recycled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_quick_actions_keeps_one_warm_container() {
+    if !docker_ready() {
+        return;
+    }
+    // Each cleanup kills the keepalive loop's `sleep`; the lease must still
+    // be timed in seconds, or a burst of short actions ends the container.
+    let mut server = common::TestServer::start(&config(&docker_group("warm = true\ntasks_max = 1000\n")));
+    let ch = server.channel().await;
+    let mut hosts = BTreeSet::new();
+    let t = Instant::now();
+    for i in 0..40 {
+        let mut spec = in_image("hostname");
+        spec.salt = format!("burst{i}");
+        hosts.insert(run_ok(&ch, &spec).await.1);
+    }
+    assert_eq!(hosts.len(), 1, "the warm container was replaced during a burst of {:?}: {hosts:?}", t.elapsed());
+    stop_and_expect_no_leak(&mut server, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_images_fail_with_the_engines_message() {
     if !docker_ready() {
         return;

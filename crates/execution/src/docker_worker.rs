@@ -746,10 +746,14 @@ impl DockerWorker {
             let mut labels = self.labels.clone();
             labels.insert("re-server.mode".into(), "warm".into());
             // Exits (and the engine removes it) once the lease stops changing.
+            // Counts seconds from /proc/uptime, not loop turns: each cleanup
+            // exec kills the loop's `sleep`, so turns can be much shorter.
             let keepalive = format!(
-                "last=; n=0; while :; do sleep 1 || :; cur=; read -r cur < {MOUNT_POINT}/lease 2>/dev/null; \
-                 if [ \"$cur\" != \"$last\" ]; then last=$cur; n=0; else n=$((n+1)); \
-                 [ $n -ge {LEASE_EXPIRY_SECS} ] && exit 0; fi; done"
+                "last=; read -r up _ < /proc/uptime; t=${{up%.*}}; \
+                 while :; do sleep 1 || :; cur=; read -r cur < {MOUNT_POINT}/lease 2>/dev/null; \
+                 read -r up _ < /proc/uptime; now=${{up%.*}}; \
+                 if [ \"$cur\" != \"$last\" ]; then last=$cur; t=$now; \
+                 elif [ $((now - t)) -ge {LEASE_EXPIRY_SECS} ]; then exit 0; fi; done"
             );
             let body = ContainerCreateBody {
                 image: Some(spec.image.clone()),
