@@ -153,6 +153,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        // Lets clients send uploads in 256 KiB HTTP/2 frames instead of 16 KiB
+        // ones: 16x fewer frames to parse per ByteStream message.
+        .max_frame_size(Some(256 << 10))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use re_proto::digest::DigestHasher;
 use re_proto::{DigestInfo, Error, Result};
@@ -230,8 +230,16 @@ impl BlobStore for FilesystemStore {
             let mut remaining = len as usize;
             while remaining > 0 {
                 let n = remaining.min(READ_CHUNK);
-                let mut buf = BytesMut::zeroed(n);
-                let res = file.read_exact(&mut buf).map(|_| buf.freeze());
+                // read_to_end into spare capacity skips zeroing the buffer first.
+                let mut buf = Vec::with_capacity(n);
+                let res = match (&mut file).take(n as u64).read_to_end(&mut buf) {
+                    Ok(got) if got == n => Ok(Bytes::from(buf)),
+                    Ok(got) => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("blob file ended after {got} of {n} bytes"),
+                    )),
+                    Err(e) => Err(e),
+                };
                 let failed = res.is_err();
                 let item = res.map_err(|e| Error::io(format!("reading blob {digest}"), e));
                 if tx.blocking_send(item).is_err() || failed {
