@@ -442,7 +442,9 @@ async fn missing_images_fail_with_the_engines_message() {
     let workers = format!(
         "{}{}",
         docker_group("warm = false\nallowed_images = [\"*\"]\nproperties = { pull = \"no\" }\n"),
-        "[[execution.pool.workers]]\ntype = \"docker\"\nimage = \"re-server-test/not-there:1\"\nalways_pull = true\nproperties = { pull = \"yes\" }\n"
+        // A registry on a closed loopback port: the pull fails at once and
+        // nothing leaves the machine.
+        "[[execution.pool.workers]]\ntype = \"docker\"\nimage = \"127.0.0.1:9/re-server-test/not-there:1\"\nalways_pull = true\nproperties = { pull = \"yes\" }\n"
     );
     let mut server = common::TestServer::start(&config(&workers));
     let ch = server.channel().await;
@@ -462,7 +464,7 @@ async fn missing_images_fail_with_the_engines_message() {
     let (resp, _) = run_spec(&ch, "", &pull, &ExecOpts::default()).await.unwrap();
     let (code, message) = status(&resp);
     assert_ne!(code, 0);
-    assert!(message.contains("could not pull re-server-test/not-there:1"), "{message}");
+    assert!(message.contains("could not pull 127.0.0.1:9/re-server-test/not-there:1"), "{message}");
     assert!(t.elapsed() < Duration::from_secs(320), "the pull was not bounded");
     stop_and_expect_no_leak(&mut server, None);
 }
