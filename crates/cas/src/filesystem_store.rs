@@ -287,6 +287,62 @@ impl BlobStore for FilesystemStore {
         self.shared.publish(tmp, digest).await
     }
 
+    async fn put_file(&self, path: &std::path::Path) -> Result<DigestInfo> {
+        let shared = self.shared.clone();
+        let src = path.to_path_buf();
+        // One pass: the file is hashed while it is copied into a temp file
+        // (a copy, not a link: a process the action left behind could still
+        // change the original).
+        let staged = tokio::task::spawn_blocking(move || -> Result<(Option<PathBuf>, DigestInfo)> {
+            let io = |e| Error::io(format!("reading {}", src.display()), e);
+            let mut input = std::fs::File::open(&src).map_err(io)?;
+            if input.metadata().map_err(io)?.len() == 0 {
+                return Ok((None, DigestInfo::EMPTY));
+            }
+            // Staged in one prefix directory, renamed into its own once hashed.
+            let tmp = shared.blobs_dir.join("00").join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+            let mut out = create_upload_file(&tmp)?;
+            let mut hasher = DigestHasher::new();
+            let mut buf = vec![0u8; READ_CHUNK];
+            let copied = (|| -> Result<()> {
+                loop {
+                    let n = input.read(&mut buf).map_err(io)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(|e| Error::io("writing blob", e))?;
+                }
+                if shared.fsync {
+                    out.sync_data().map_err(|e| Error::io("syncing blob", e))?;
+                }
+                Ok(())
+            })();
+            let digest = hasher.finish();
+            let keep = copied.is_ok() && digest.size <= shared.index.max_bytes() && shared.index.get(&digest).is_none();
+            if !keep {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            copied?;
+            if digest.size > shared.index.max_bytes() {
+                return Err(too_large(digest, shared.index.max_bytes()));
+            }
+            Ok((keep.then_some(tmp), digest))
+        })
+        .await
+        .map_err(join_error)??;
+        match staged {
+            (Some(tmp), digest) => match self.shared.publish(tmp.clone(), digest).await {
+                Ok(()) => Ok(digest),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    Err(e)
+                }
+            },
+            (None, digest) => Ok(digest),
+        }
+    }
+
     async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>> {
         if digest.size > self.shared.index.max_bytes() {
             return Err(too_large(digest, self.shared.index.max_bytes()));

@@ -84,6 +84,19 @@ impl BlobStore for MemoryStore {
         self.shared.insert_verified(digest, data)
     }
 
+    async fn put_file(&self, path: &std::path::Path) -> Result<DigestInfo> {
+        let data = tokio::fs::read(path).await.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let data = Bytes::from(data);
+        let hashed = data.clone();
+        let digest = tokio::task::spawn_blocking(move || DigestInfo::of_bytes(&hashed))
+            .await
+            .map_err(|e| Error::Internal(format!("hash task failed: {e}")))?;
+        if !digest.is_empty_blob() && self.shared.index.get(&digest).is_none() {
+            self.shared.insert_verified(digest, data)?;
+        }
+        Ok(digest)
+    }
+
     async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>> {
         let max = self.shared.index.max_bytes();
         if digest.size > max {

@@ -1,5 +1,5 @@
 //! The blob-store interface every CAS backend implements.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +23,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Stores a blob held in memory after checking it hashes to `digest`.
     async fn put(&self, digest: DigestInfo, data: Bytes) -> Result<()>;
+
+    /// Stores a local file (an action's output) and returns its digest,
+    /// reading the file once. An already stored blob is only refreshed.
+    async fn put_file(&self, path: &Path) -> Result<DigestInfo>;
 
     /// Starts a streamed upload; nothing is visible until `commit` verifies it.
     async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>>;

@@ -2,15 +2,13 @@
 //! (as Tree protos) and symlinks. Nothing outside the action directory is
 //! ever read: a symlink output that points out fails the action.
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
 use re_cas::BlobStore;
-use re_proto::digest::DigestHasher;
 use re_proto::reapi::{
     ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile, OutputSymlink, SymlinkNode,
     Tree,
@@ -19,51 +17,9 @@ use re_proto::{DigestInfo, Error, Result};
 
 use crate::paths;
 
-const UPLOAD_CHUNK: usize = 1 << 20;
-
-/// Hashes a file on a blocking thread, then uploads it if the CAS lacks it.
+/// Stores an output file in the CAS (read once: hashed while it is stored).
 pub async fn upload_file(cas: &Arc<dyn BlobStore>, path: &Path) -> Result<DigestInfo> {
-    let p = path.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<DigestInfo> {
-        let mut f = std::fs::File::open(&p)?;
-        let mut h = DigestHasher::new();
-        let mut buf = vec![0u8; UPLOAD_CHUNK];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(h.finish());
-            }
-            h.update(&buf[..n]);
-        }
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("hash task failed: {e}")))?
-    .map_err(|e| Error::io(format!("reading output {}", path.display()), e))?;
-    if digest.is_empty_blob() || cas.find_missing(&[digest]).await?.is_empty() {
-        return Ok(digest);
-    }
-    if digest.size <= UPLOAD_CHUNK as u64 {
-        let data =
-            tokio::fs::read(path).await.map_err(|e| Error::io(format!("reading output {}", path.display()), e))?;
-        cas.put(digest, data.into()).await?;
-        return Ok(digest);
-    }
-    let mut writer = cas.begin_write(digest).await?;
-    let mut file =
-        tokio::fs::File::open(path).await.map_err(|e| Error::io(format!("reading output {}", path.display()), e))?;
-    loop {
-        let mut buf = BytesMut::zeroed(UPLOAD_CHUNK);
-        let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
-            .await
-            .map_err(|e| Error::io(format!("reading output {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        buf.truncate(n);
-        writer.write(buf.freeze()).await?;
-    }
-    writer.commit().await?;
-    Ok(digest)
+    cas.put_file(path).await
 }
 
 pub async fn put_message(cas: &Arc<dyn BlobStore>, msg: &impl Message) -> Result<DigestInfo> {
