@@ -978,14 +978,9 @@ impl DockerWorker {
         };
         meta.execution_completed_timestamp = Some(SystemTime::now().into());
 
-        meta.output_upload_start_timestamp = Some(SystemTime::now().into());
-        let mut result = ActionResult { exit_code, ..Default::default() };
-        if error.is_none() {
-            outputs::collect(&self.cas, &exec_root, &job.command, &mut result).await?;
-        }
-        result.stdout_digest = Some(outputs::upload_file(&self.cas, &stdout_path).await?.into());
-        result.stderr_digest = Some(outputs::upload_file(&self.cas, &stderr_path).await?.into());
-        meta.output_upload_completed_timestamp = Some(SystemTime::now().into());
+        let io = (stdout_path.as_path(), stderr_path.as_path());
+        let result =
+            outputs::action_result(&self.cas, &exec_root, &job.command, exit_code, error.is_none(), io, meta).await?;
         Ok((result, error))
     }
 }
@@ -1056,11 +1051,7 @@ impl Worker for DockerWorker {
             Ok((r, e)) => (r, e),
             Err(e) => (ActionResult::default(), Some(e)),
         };
-        if let (Some(s), Some(e)) = (&meta.execution_start_timestamp, &meta.execution_completed_timestamp) {
-            let d = |t: &prost_types::Timestamp| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
-            meta.virtual_execution_duration =
-                d(e).checked_sub(d(s)).and_then(|d| prost_types::Duration::try_from(d).ok());
-        }
+        crate::worker::set_virtual_duration(&mut meta);
         result.execution_metadata = Some(meta);
         RunOutcome { result, error }
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use re_cas::BlobStore;
@@ -141,14 +141,9 @@ impl HostWorker {
             128 + status.signal().unwrap_or(0)
         });
 
-        meta.output_upload_start_timestamp = Some(SystemTime::now().into());
-        let mut result = ActionResult { exit_code, ..Default::default() };
-        if error.is_none() {
-            outputs::collect(&self.cas, &exec_root, &job.command, &mut result).await?;
-        }
-        result.stdout_digest = Some(outputs::upload_file(&self.cas, &stdout_path).await?.into());
-        result.stderr_digest = Some(outputs::upload_file(&self.cas, &stderr_path).await?.into());
-        meta.output_upload_completed_timestamp = Some(SystemTime::now().into());
+        let io = (stdout_path.as_path(), stderr_path.as_path());
+        let result =
+            outputs::action_result(&self.cas, &exec_root, &job.command, exit_code, error.is_none(), io, meta).await?;
         Ok((result, error))
     }
 }
@@ -177,17 +172,10 @@ impl Worker for HostWorker {
             Ok((r, e)) => (r, e),
             Err(e) => (ActionResult::default(), Some(e)),
         };
-        if let (Some(s), Some(e)) = (&meta.execution_start_timestamp, &meta.execution_completed_timestamp) {
-            let (s, e) = (to_duration(s), to_duration(e));
-            meta.virtual_execution_duration = e.checked_sub(s).and_then(|d| prost_types::Duration::try_from(d).ok());
-        }
+        crate::worker::set_virtual_duration(&mut meta);
         result.execution_metadata = Some(meta);
         RunOutcome { result, error }
     }
-}
-
-fn to_duration(t: &prost_types::Timestamp) -> Duration {
-    Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
 }
 
 /// Removes an action directory, even if the action made parts read-only.

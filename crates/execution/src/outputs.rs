@@ -10,12 +10,34 @@ use bytes::Bytes;
 use prost::Message;
 use re_cas::BlobStore;
 use re_proto::reapi::{
-    ActionResult, Command, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile, OutputSymlink, SymlinkNode,
-    Tree,
+    ActionResult, Command, Directory, DirectoryNode, ExecutedActionMetadata, FileNode, OutputDirectory, OutputFile,
+    OutputSymlink, SymlinkNode, Tree,
 };
 use re_proto::{DigestInfo, Error, Result};
 
 use crate::paths;
+
+/// The result of a finished process: its outputs (only if it ran to the end:
+/// `ran_to_end`), stdout and stderr stored in the CAS, upload timestamps set.
+pub async fn action_result(
+    cas: &Arc<dyn BlobStore>,
+    exec_root: &Path,
+    command: &Command,
+    exit_code: i32,
+    ran_to_end: bool,
+    (stdout, stderr): (&Path, &Path),
+    meta: &mut ExecutedActionMetadata,
+) -> Result<ActionResult> {
+    meta.output_upload_start_timestamp = Some(std::time::SystemTime::now().into());
+    let mut result = ActionResult { exit_code, ..Default::default() };
+    if ran_to_end {
+        collect(cas, exec_root, command, &mut result).await?;
+    }
+    result.stdout_digest = Some(upload_file(cas, stdout).await?.into());
+    result.stderr_digest = Some(upload_file(cas, stderr).await?.into());
+    meta.output_upload_completed_timestamp = Some(std::time::SystemTime::now().into());
+    Ok(result)
+}
 
 /// Stores an output file in the CAS (read once: hashed while it is stored).
 pub async fn upload_file(cas: &Arc<dyn BlobStore>, path: &Path) -> Result<DigestInfo> {
