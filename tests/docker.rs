@@ -16,18 +16,7 @@ use re_proto::reapi::ExecuteResponse;
 const IMAGE: &str = "re-server-test/busybox:latest";
 
 fn config(workers: &str) -> String {
-    format!(
-        r#"
-[storage.cas]
-backend = "memory"
-max_size_bytes = 1073741824
-[storage.action_cache]
-backend = "memory"
-[execution.pool]
-scheduler_interval_ms = 20
-{workers}
-"#
-    )
+    pool_config("", workers)
 }
 
 /// One docker worker group; `extra` holds more keys (and may end with volumes).

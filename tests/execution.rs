@@ -17,19 +17,7 @@ use re_proto::reapi::{Directory, SymlinkNode, Tree, WaitExecutionRequest};
 use tonic::Code;
 
 fn config(pool: &str, workers: &str) -> String {
-    format!(
-        r#"
-[storage.cas]
-backend = "memory"
-max_size_bytes = 1073741824
-[storage.action_cache]
-backend = "memory"
-[execution.pool]
-scheduler_interval_ms = 20
-{pool}
-{workers}
-"#
-    )
+    pool_config(pool, workers)
 }
 
 const ONE_HOST: &str = "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\n";

@@ -232,3 +232,21 @@ pub async fn run_spec(
     };
     Ok((resp, stdout))
 }
+
+/// A memory-backed server config with a fast scheduler tick, extra
+/// `[execution.pool]` keys (`pool`) and worker groups (`workers`).
+pub fn pool_config(pool: &str, workers: &str) -> String {
+    format!(
+        r#"
+[storage.cas]
+backend = "memory"
+max_size_bytes = 1073741824
+[storage.action_cache]
+backend = "memory"
+[execution.pool]
+scheduler_interval_ms = 20
+{pool}
+{workers}
+"#
+    )
+}
