@@ -51,6 +51,11 @@ DATA=$(mktemp -d "$DATA_ROOT/re-bench-data.XXXX")
 # Sustained write speed of the disk under it (what long uploads end up at).
 dd if=/dev/zero of="$DATA/ddtest" bs=1M count=2048 conv=fdatasync 2>&1 | tail -1 > "$OUT/disk_write.txt" || true
 rm -f "$DATA/ddtest"
+# CPU cost of writing 256 MiB there and of sending it over loopback TCP: with
+# the SHA-256 speed, the ceiling of an upload on this machine.
+if [ -s "$OUT/sha256_mb_s.txt" ]; then
+  python3 crates/re-bench/floors.py "$DATA" "$(cat "$OUT/sha256_mb_s.txt")" > "$OUT/upload_floors.txt" || true
+fi
 # shellcheck disable=SC2086
 "$BIN/re-server" --address 127.0.0.1:0 --data-dir "$DATA" ${SERVER_ARGS:-} 2> "$OUT/server.log" &
 PID=$!
@@ -66,6 +71,11 @@ for s in $SCENARIOS; do
   bound=(--duration "$RUN_SECS")
   [ "$s" = cas-upload ] && bound=(--count "$UPLOAD_COUNT")
   "$BIN/re-bench" --endpoint "grpc://$ADDR" "$s" "${bound[@]}" --repeat 3 --json --no-progress > "$OUT/$s.json"
+  # Downloads again with 256 KiB HTTP/2 frames (the default above is 16 KiB, as Bazel's).
+  if [ "$s" = cas-download ]; then
+    "$BIN/re-bench" --endpoint "grpc://$ADDR" "$s" "${bound[@]}" --repeat 3 --max-frame-kib 256 --json --no-progress \
+      > "$OUT/cas-download-256k-frames.json"
+  fi
 done
 grep -E "VmRSS|VmHWM" /proc/$PID/status > "$OUT/rss_after.txt"
 
@@ -73,7 +83,7 @@ python3 - "$OUT" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 print(open(os.path.join(out, "machine.txt")).read())
-for f in ["sha256_mb_s.txt", "disk_write.txt", "rss_idle.txt", "rss_after.txt"]:
+for f in ["sha256_mb_s.txt", "upload_floors.txt", "disk_write.txt", "rss_idle.txt", "rss_after.txt"]:
     p = os.path.join(out, f)
     if os.path.exists(p):
         print(f"{f}: {' '.join(open(p).read().split())}")
@@ -88,7 +98,7 @@ for name in sorted(os.listdir(out)):
     r = json.load(open(os.path.join(out, name)))
     m = r["median"]
     rates = ", ".join(f"{k} {v:.1f}" for k, v in m["rates"].items())
-    print(f"\n{r['scenario']}: {rates}  (median of {len(r['runs'])} runs)")
+    print(f"\n{name[:-5]}: {rates}  (median of {len(r['runs'])} runs)")
     for l in m["latency"]:
         print(f"  {l['name']:<24} p50 {l['p50_ms']:.3f} ms  p99 {l['p99_ms']:.3f} ms  p999 {l['p999_ms']:.3f} ms")
 EOF

@@ -16,6 +16,7 @@ use re_proto::google::bytestream::{
 use re_proto::{check_instance, Error, Result};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::bytestream_read::FastReadByteStream;
 use crate::compression::{Compressor, StreamDecoder, StreamEncoder};
 use crate::resource_name::ResourceName;
 use crate::{BlobStore, BlobWriter};
@@ -66,8 +67,13 @@ impl ByteStreamService {
         Self { store, instance_name, compressors, uploads }
     }
 
-    pub fn into_server(self) -> ByteStreamServer<Self> {
-        ByteStreamServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    /// The gRPC service, with Read answered by the copy-free path in
+    /// [`crate::bytestream_read`] and the other methods by the generated server.
+    pub fn into_server(self) -> FastReadByteStream {
+        let generated = ByteStreamServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        FastReadByteStream::new(self, generated)
     }
 
     fn check_compressor(&self, c: Compressor) -> Result<()> {
@@ -76,6 +82,45 @@ impl ByteStreamService {
         } else {
             Err(Error::InvalidArgument(format!("compressor {c:?} is not enabled on this server")))
         }
+    }
+
+    /// The data of a Read, already compressed if the resource name asks for it.
+    pub(crate) async fn read_chunks(
+        &self,
+        req: ReadRequest,
+    ) -> Result<BoxStream<'static, Result<Bytes, Status>>, Status> {
+        let name = ResourceName::parse_read(&req.resource_name)?;
+        check_instance(&self.instance_name, &name.instance)?;
+        self.check_compressor(name.compressor)?;
+        if req.read_offset < 0 || req.read_limit < 0 {
+            return Err(Error::InvalidArgument("read_offset and read_limit must not be negative".into()).into());
+        }
+        let compressed = name.compressor != Compressor::Identity;
+        if compressed && (req.read_limit != 0 || req.read_offset != 0) {
+            return Err(Error::InvalidArgument(
+                "compressed reads take no read_limit or read_offset; read the whole blob".into(),
+            )
+            .into());
+        }
+        let chunks = self.store.read(name.digest, req.read_offset as u64, req.read_limit as u64).await?;
+        if !compressed {
+            return Ok(chunks.map(|c| c.map_err(Status::from)).boxed());
+        }
+        let encoder = StreamEncoder::new(name.compressor)?;
+        let out = futures::stream::unfold((chunks, Some(encoder)), |(mut chunks, encoder)| async move {
+            let mut encoder = encoder?;
+            let item = match chunks.next().await {
+                Some(Ok(data)) => match tokio::task::block_in_place(|| encoder.encode(&data)) {
+                    Ok(out) => return Some((Ok(out), (chunks, Some(encoder)))),
+                    Err(e) => Err(e),
+                },
+                Some(Err(e)) => Err(e),
+                None => encoder.finish(),
+            };
+            Some((item.map_err(Status::from), (chunks, None)))
+        })
+        .filter(|r| futures::future::ready(!matches!(r, Ok(data) if data.is_empty())));
+        Ok(out.boxed())
     }
 
     async fn write_stream(&self, mut stream: Streaming<WriteRequest>) -> Result<WriteResponse, Status> {
@@ -193,41 +238,8 @@ impl ByteStream for ByteStreamService {
     type ReadStream = BoxStream<'static, Result<ReadResponse, Status>>;
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
-        let req = request.into_inner();
-        let name = ResourceName::parse_read(&req.resource_name)?;
-        check_instance(&self.instance_name, &name.instance)?;
-        self.check_compressor(name.compressor)?;
-        if req.read_offset < 0 || req.read_limit < 0 {
-            return Err(Error::InvalidArgument("read_offset and read_limit must not be negative".into()).into());
-        }
-        let compressed = name.compressor != Compressor::Identity;
-        if compressed && (req.read_limit != 0 || req.read_offset != 0) {
-            return Err(Error::InvalidArgument(
-                "compressed reads take no read_limit or read_offset; read the whole blob".into(),
-            )
-            .into());
-        }
-        let chunks = self.store.read(name.digest, req.read_offset as u64, req.read_limit as u64).await?;
-        if !compressed {
-            return Ok(Response::new(
-                chunks.map(|c| c.map(|data| ReadResponse { data }).map_err(Status::from)).boxed(),
-            ));
-        }
-        let encoder = StreamEncoder::new(name.compressor)?;
-        let out = futures::stream::unfold((chunks, Some(encoder)), |(mut chunks, encoder)| async move {
-            let mut encoder = encoder?;
-            let item = match chunks.next().await {
-                Some(Ok(data)) => match tokio::task::block_in_place(|| encoder.encode(&data)) {
-                    Ok(out) => return Some((Ok(ReadResponse { data: out }), (chunks, Some(encoder)))),
-                    Err(e) => Err(e),
-                },
-                Some(Err(e)) => Err(e),
-                None => encoder.finish().map(|data| ReadResponse { data }),
-            };
-            Some((item.map_err(Status::from), (chunks, None)))
-        })
-        .filter(|r| futures::future::ready(!matches!(r, Ok(ReadResponse { data }) if data.is_empty())));
-        Ok(Response::new(out.boxed()))
+        let chunks = self.read_chunks(request.into_inner()).await?;
+        Ok(Response::new(chunks.map(|c| c.map(|data| ReadResponse { data })).boxed()))
     }
 
     async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {

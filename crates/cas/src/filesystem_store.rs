@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::chunk_pool::ChunkPool;
 use crate::lru_index::LruIndex;
 use crate::memory_store::too_large;
 use crate::pins::PinSet;
@@ -29,6 +30,8 @@ use crate::store::{check_range, digest_mismatch, BlobStore, BlobWriter, ByteStre
 const READ_CHUNK: usize = 1 << 20;
 /// Chunks buffered between the network and the disk thread of one transfer.
 const PIPELINE_DEPTH: usize = 8;
+/// Read chunks are recycled; this many idle ones (1 MiB each) are kept.
+static READ_BUFFERS: ChunkPool = ChunkPool::new(READ_CHUNK, 32);
 
 pub struct FilesystemStore {
     shared: Arc<Shared>,
@@ -209,15 +212,9 @@ impl BlobStore for FilesystemStore {
             return Err(Error::NotFound(format!("blob {digest} not found")));
         }
         let path = self.shared.blob_path(&digest);
-        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            let mut f = std::fs::File::open(path)?;
-            f.seek(SeekFrom::Start(offset))?;
-            Ok(f)
-        })
-        .await
-        .map_err(join_error)?;
-        let mut file = match opened {
-            Ok(f) => f,
+        let opened = tokio::task::spawn_blocking(move || open_for_read(path, offset, len)).await.map_err(join_error)?;
+        let source = match opened {
+            Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.shared.index.remove(&digest);
                 return Err(Error::NotFound(format!("blob {digest} not found")));
@@ -227,25 +224,30 @@ impl BlobStore for FilesystemStore {
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
         // One blocking thread reads ahead while the network sends.
         tokio::task::spawn_blocking(move || {
-            let mut remaining = len as usize;
-            while remaining > 0 {
-                let n = remaining.min(READ_CHUNK);
-                // read_to_end into spare capacity skips zeroing the buffer first.
-                let mut buf = Vec::with_capacity(n);
-                let res = match (&mut file).take(n as u64).read_to_end(&mut buf) {
-                    Ok(got) if got == n => Ok(Bytes::from(buf)),
-                    Ok(got) => Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("blob file ended after {got} of {n} bytes"),
-                    )),
-                    Err(e) => Err(e),
+            let mut done = 0usize;
+            while done < len as usize {
+                let n = (len as usize - done).min(READ_CHUNK);
+                let res = match &source {
+                    ReadSource::Mapped(map) => {
+                        // Fault the pages in here, off the async threads, so the
+                        // socket write that copies them never waits on the disk.
+                        let _ = map.1.advise_range(memmap2::Advice::PopulateRead, done, n);
+                        Ok(map.0.slice(done..done + n))
+                    }
+                    ReadSource::File(file) => {
+                        let mut buf = READ_BUFFERS.take();
+                        match (&*file).read_exact(&mut buf[..n]) {
+                            Ok(()) => Ok(READ_BUFFERS.freeze(buf, n)),
+                            Err(e) => Err(e),
+                        }
+                    }
                 };
                 let failed = res.is_err();
                 let item = res.map_err(|e| Error::io(format!("reading blob {digest}"), e));
                 if tx.blocking_send(item).is_err() || failed {
                     return;
                 }
-                remaining -= n;
+                done += n;
             }
         });
         Ok(ReceiverStream::new(rx).boxed())
@@ -488,4 +490,46 @@ impl Drop for FsWriter {
 /// Used by tests and the index-rebuild benchmark.
 pub fn blob_file_name(d: &DigestInfo) -> String {
     format!("{}-{}", d.hash_hex(), d.size)
+}
+
+/// Where a streamed read takes its bytes from.
+enum ReadSource {
+    /// Large reads: the file mapped read-only, handed to the network without
+    /// a copy (the `Bytes` keeps the mapping alive). Blob files are never
+    /// modified or truncated once renamed into place (eviction only unlinks),
+    /// so the mapping cannot lose its pages underneath a reader.
+    Mapped((Bytes, Arc<memmap2::Mmap>)),
+    /// Small reads: copied into recycled buffers, cheaper than a mapping.
+    File(std::fs::File),
+}
+
+/// Reads of at least this many bytes are served from a memory map.
+const MAP_THRESHOLD: u64 = 256 * 1024;
+
+fn open_for_read(path: PathBuf, offset: u64, len: u64) -> std::io::Result<ReadSource> {
+    let mut file = std::fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
+    if file_len < offset + len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("blob file holds {file_len} bytes, fewer than the {} asked for", offset + len),
+        ));
+    }
+    if len < MAP_THRESHOLD {
+        file.seek(SeekFrom::Start(offset))?;
+        return Ok(ReadSource::File(file));
+    }
+    // SAFETY: see `ReadSource::Mapped`: the file is immutable while it exists.
+    let map = Arc::new(unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).map(&file)? });
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(ReadSource::Mapped((Bytes::from_owner(MapView(map.clone())), map)))
+}
+
+/// Lets a shared mapping back a `Bytes`.
+struct MapView(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MapView {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }

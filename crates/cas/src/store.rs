@@ -64,7 +64,8 @@ pub fn digest_mismatch(expected: DigestInfo, actual: DigestInfo) -> re_proto::Er
 /// Checks a read range against a blob size.
 pub fn check_range(digest: DigestInfo, offset: u64, limit: u64) -> Result<u64> {
     if offset > digest.size {
-        return Err(re_proto::Error::InvalidArgument(format!("read_offset {offset} is past the end of blob {digest}")));
+        // google.bytestream prescribes OUT_OF_RANGE for an offset past the end.
+        return Err(re_proto::Error::OutOfRange(format!("read_offset {offset} is past the end of blob {digest}")));
     }
     let remaining = digest.size - offset;
     Ok(if limit == 0 { remaining } else { limit.min(remaining) })

@@ -11,6 +11,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    /// A ByteStream read_offset past the end of the blob.
+    #[error("{0}")]
+    OutOfRange(String),
     /// Blobs the request needs are not in the CAS; each becomes a MISSING
     /// violation so Bazel re-uploads them and retries.
     #[error("{message}")]
@@ -43,6 +46,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
+            Error::OutOfRange(_) => Code::OutOfRange,
             Error::MissingBlobs { .. } | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::PermissionDenied(_) => Code::PermissionDenied,

@@ -180,6 +180,7 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
+    keep_freed_buffers();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {
@@ -290,6 +291,19 @@ fn params(s: Scenario, cli: &Cli, ctx: &Ctx) -> BTreeMap<String, String> {
         }
     }
     p
+}
+
+/// glibc hands large freed buffers back to the kernel, so every 1 MiB message
+/// the client receives lands in freshly faulted, zeroed pages: on the 2-core
+/// benchmark machine that cost a download 8-15 % of its throughput, measuring
+/// the load generator instead of the server. Keep them in the heap instead.
+fn keep_freed_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; this runs first in main,
+    // before any other thread allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
 }
 
 #[cfg(test)]
