@@ -44,6 +44,10 @@ pub struct ConnOpts {
     /// Disable TCP_NODELAY (on by default).
     #[arg(long)]
     pub no_nodelay: bool,
+    /// ByteStream through tonic's generated stubs, which copy every message
+    /// (default: framed by re-bench, without copies).
+    #[arg(long)]
+    pub tonic_client: bool,
 }
 
 impl ConnOpts {
@@ -93,7 +97,14 @@ impl ConnOpts {
             .filter(|&n| n > 0)
             .unwrap_or(4 * 1024 * 1024);
         let exec_enabled = caps.execution_capabilities.as_ref().is_some_and(|e| e.exec_enabled);
-        Ok(Clients { channels, next: AtomicUsize::new(0), instance: self.instance.clone(), max_batch, exec_enabled })
+        Ok(Clients {
+            channels,
+            next: AtomicUsize::new(0),
+            instance: self.instance.clone(),
+            max_batch,
+            exec_enabled,
+            tonic_bytestream: self.tonic_client,
+        })
     }
 }
 
@@ -104,6 +115,7 @@ pub struct Clients {
     pub instance: String,
     pub max_batch: u64,
     pub exec_enabled: bool,
+    pub tonic_bytestream: bool,
 }
 
 /// One client's set of stubs, all on the same connection.
@@ -113,6 +125,10 @@ pub struct Stubs {
     pub bs: ByteStreamClient<Channel>,
     pub ac: ActionCacheClient<Channel>,
     pub exec: ExecutionClient<Channel>,
+    /// For the codec-free ByteStream calls (`raw_bytestream`).
+    pub channel: Channel,
+    /// Use the generated tonic stubs for ByteStream instead.
+    pub tonic_bytestream: bool,
     pub instance: String,
     pub max_batch: u64,
 }
@@ -131,7 +147,9 @@ impl Clients {
             ac: ActionCacheClient::new(ch.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            exec: ExecutionClient::new(ch).max_decoding_message_size(MAX_MESSAGE),
+            exec: ExecutionClient::new(ch.clone()).max_decoding_message_size(MAX_MESSAGE),
+            channel: ch,
+            tonic_bytestream: self.tonic_bytestream,
             instance: self.instance.clone(),
             max_batch: self.max_batch,
         }
@@ -188,6 +206,13 @@ impl Stubs {
     pub async fn bytestream_write(&mut self, digest: DigestInfo, data: Bytes, chunk: usize) -> anyhow::Result<()> {
         let resource =
             write_resource_name(&self.instance, &uuid::Uuid::new_v4().to_string(), digest.hash_hex(), digest.size);
+        if !self.tonic_bytestream {
+            let committed = crate::raw_bytestream::write(&mut self.channel, resource, data, chunk).await?;
+            if committed != digest.size as i64 {
+                bail!("ByteStream.Write committed {committed} of {} bytes", digest.size);
+            }
+            return Ok(());
+        }
         let size = data.len();
         let chunk = chunk.max(1);
         let n = size.div_ceil(chunk).max(1);
@@ -212,6 +237,11 @@ impl Stubs {
     /// `verify`. Returns the bytes received.
     pub async fn bytestream_read(&mut self, digest: DigestInfo, verify: bool) -> anyhow::Result<u64> {
         let resource = read_resource_name(&self.instance, digest.hash_hex(), digest.size);
+        if !self.tonic_bytestream {
+            let mut hasher = verify.then(DigestHasher::new);
+            let total = crate::raw_bytestream::read(&mut self.channel, resource, hasher.as_mut()).await?;
+            return check_read(digest, total, hasher);
+        }
         let mut stream = self
             .bs
             .read(ReadRequest { resource_name: resource, read_offset: 0, read_limit: 0 })
@@ -227,17 +257,21 @@ impl Stubs {
                 h.update(&msg.data);
             }
         }
-        if total != digest.size {
-            bail!("ByteStream.Read returned {total} of {} bytes", digest.size);
-        }
-        if let Some(h) = hasher {
-            let got = h.finish();
-            if got != digest {
-                bail!("ByteStream.Read returned data hashing to {got}, expected {digest}");
-            }
-        }
-        Ok(total)
+        check_read(digest, total, hasher)
     }
+}
+
+fn check_read(digest: DigestInfo, total: u64, hasher: Option<DigestHasher>) -> anyhow::Result<u64> {
+    if total != digest.size {
+        bail!("ByteStream.Read returned {total} of {} bytes", digest.size);
+    }
+    if let Some(h) = hasher {
+        let got = h.finish();
+        if got != digest {
+            bail!("ByteStream.Read returned data hashing to {got}, expected {digest}");
+        }
+    }
+    Ok(total)
 }
 
 /// Splits blobs into groups whose total stays under `max_batch`.

@@ -5,6 +5,7 @@
 //! a summary table (or `--json`) on stdout.
 mod conn;
 mod data;
+mod raw_bytestream;
 mod scenarios;
 mod stats;
 
@@ -268,6 +269,10 @@ fn params(s: Scenario, cli: &Cli, ctx: &Ctx) -> BTreeMap<String, String> {
         Scenario::CasUpload | Scenario::CasDownload => {
             set("size", o.size.to_string());
             set("chunk", o.chunk.to_string());
+            set("client", if cli.conn.tonic_client { "tonic" } else { "raw" }.into());
+            if cli.conn.max_frame_kib > 0 {
+                set("max_frame_kib", cli.conn.max_frame_kib.to_string());
+            }
         }
         Scenario::FindMissing => {
             set("clients", o.clients.to_string());
