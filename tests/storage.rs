@@ -597,6 +597,23 @@ async fn bytestream_write_resumes_after_the_client_is_cancelled() {
     assert!(bs_read(&mut c, &common::read_resource("", &d), 0, 0).await.unwrap() == data);
 }
 
+/// The server parses WriteRequests out of HTTP/2 frames itself: messages far
+/// smaller than a frame (many per frame) and far larger (one over many frames)
+/// must both arrive intact.
+#[tokio::test]
+async fn bytestream_messages_of_any_size_reassemble() {
+    let server = TestServer::start(&filesystem_config(""));
+    let mut c = clients(&server).await;
+    for (len, chunk) in [(20_000, 7), (70_001, 4096), (3 * MIB + 17, 3 * MIB + 17), (5 * MIB, 2 * MIB)] {
+        let data = pseudo_random(len, len as u64);
+        let d = digest(&data);
+        let committed = bs_write(&mut c, &common::upload_resource("", &d), &data, 0, chunk).await.unwrap();
+        assert_eq!(committed, len as i64, "{len} bytes in {chunk}-byte messages");
+        let back = bs_read(&mut c, &common::read_resource("", &d), 0, 0).await.unwrap();
+        assert!(back == data, "{len} bytes in {chunk}-byte messages came back different");
+    }
+}
+
 #[tokio::test]
 async fn bytestream_write_offsets_must_be_contiguous() {
     let server = TestServer::start(&memory_config("", ""));

@@ -16,14 +16,40 @@ use re_proto::google::bytestream::{
 use re_proto::{check_instance, Error, Result};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::bytestream_read::FastReadByteStream;
+use crate::bytestream_http::CopyFreeByteStream;
 use crate::compression::{Compressor, StreamDecoder, StreamEncoder};
 use crate::resource_name::ResourceName;
 use crate::{BlobStore, BlobWriter};
 
 /// Interrupted uploads are kept this long for a client to resume them.
 const PARTIAL_UPLOAD_TTL: Duration = Duration::from_secs(15 * 60);
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// One WriteRequest, its data as the slices it arrived in.
+#[derive(Default)]
+pub(crate) struct WriteChunk {
+    pub resource_name: String,
+    pub write_offset: i64,
+    pub finish_write: bool,
+    pub data: Vec<Bytes>,
+}
+
+impl WriteChunk {
+    fn len(&self) -> usize {
+        self.data.iter().map(Bytes::len).sum()
+    }
+}
+
+impl From<WriteRequest> for WriteChunk {
+    fn from(r: WriteRequest) -> Self {
+        Self {
+            resource_name: r.resource_name,
+            write_offset: r.write_offset,
+            finish_write: r.finish_write,
+            data: vec![r.data],
+        }
+    }
+}
 
 /// An upload that may be resumed: its writer and how far it got.
 struct UploadSlot {
@@ -68,12 +94,12 @@ impl ByteStreamService {
     }
 
     /// The gRPC service, with Read answered by the copy-free path in
-    /// [`crate::bytestream_read`] and the other methods by the generated server.
-    pub fn into_server(self) -> FastReadByteStream {
+    /// [`crate::bytestream_http`] and the other methods by the generated server.
+    pub fn into_server(self) -> CopyFreeByteStream {
         let generated = ByteStreamServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        FastReadByteStream::new(self, generated)
+        CopyFreeByteStream::new(self, generated)
     }
 
     fn check_compressor(&self, c: Compressor) -> Result<()> {
@@ -123,9 +149,16 @@ impl ByteStreamService {
         Ok(out.boxed())
     }
 
-    async fn write_stream(&self, mut stream: Streaming<WriteRequest>) -> Result<WriteResponse, Status> {
-        let first =
-            stream.message().await?.ok_or_else(|| Error::InvalidArgument("write stream carried no message".into()))?;
+    /// A whole ByteStream.Write, from its messages.
+    pub(crate) async fn write_chunks(
+        &self,
+        mut stream: BoxStream<'static, Result<WriteChunk, Status>>,
+    ) -> Result<WriteResponse, Status> {
+        let first = stream
+            .next()
+            .await
+            .transpose()?
+            .ok_or_else(|| Error::InvalidArgument("write stream carried no message".into()))?;
         let name = ResourceName::parse_write(&first.resource_name)?;
         check_instance(&self.instance_name, &name.instance)?;
         self.check_compressor(name.compressor)?;
@@ -171,14 +204,18 @@ impl ByteStreamService {
                 ))
                 .into());
             }
-            received += msg.data.len() as i64;
+            received += msg.len() as i64;
             let writer = guard.as_mut().expect("writer present");
-            let data = match decoder.as_mut() {
-                Some(d) => decode_blocking(d, msg.data).await?,
-                None => msg.data,
-            };
-            if !data.is_empty() {
-                writer.write(data).await?;
+            match decoder.as_mut() {
+                Some(d) => {
+                    for piece in msg.data {
+                        let data = decode_blocking(d, piece).await?;
+                        if !data.is_empty() {
+                            writer.write(data).await?;
+                        }
+                    }
+                }
+                None => writer.write_pieces(msg.data).await?,
             }
             slot.committed.store(writer.committed(), Ordering::Relaxed);
             if msg.finish_write {
@@ -202,7 +239,7 @@ impl ByteStreamService {
                 writer.commit().await?;
                 return Ok(WriteResponse { committed_size: if compressed { received } else { digest.size as i64 } });
             }
-            match stream.message().await {
+            match stream.next().await.transpose() {
                 Ok(Some(next)) => msg = next,
                 // The client went away: keep the writer so it can resume.
                 Ok(None) => {
@@ -243,7 +280,8 @@ impl ByteStream for ByteStreamService {
     }
 
     async fn write(&self, request: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
-        self.write_stream(request.into_inner()).await.map(Response::new)
+        let stream = request.into_inner().map(|m| m.map(WriteChunk::from)).boxed();
+        self.write_chunks(stream).await.map(Response::new)
     }
 
     async fn query_write_status(

@@ -357,12 +357,12 @@ impl BlobStore for FilesystemStore {
         let fsync = self.shared.fsync;
         // Hashing and writing each get a blocking thread, so a chunk is hashed
         // while the one before it is written and the network receives the next.
-        let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
-        let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let (write_tx, mut write_rx) = mpsc::channel::<Pieces>(PIPELINE_DEPTH);
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Pieces>(PIPELINE_DEPTH);
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut file = file;
-            while let Some(chunk) = write_rx.blocking_recv() {
-                file.write_all(&chunk).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
+            while let Some(pieces) = write_rx.blocking_recv() {
+                write_all_pieces(&mut file, &pieces).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
             }
             if fsync {
                 file.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
@@ -371,8 +371,10 @@ impl BlobStore for FilesystemStore {
         });
         let hasher = tokio::task::spawn_blocking(move || {
             let mut hasher = DigestHasher::new();
-            while let Some(chunk) = hash_rx.blocking_recv() {
-                hasher.update(&chunk);
+            while let Some(pieces) = hash_rx.blocking_recv() {
+                for piece in pieces.iter() {
+                    hasher.update(piece);
+                }
             }
             hasher.finish()
         });
@@ -403,12 +405,15 @@ impl BlobStore for FilesystemStore {
     }
 }
 
+/// One message's data, shared by the writing and the hashing thread.
+type Pieces = Arc<Vec<Bytes>>;
+
 struct FsWriter {
     shared: Arc<Shared>,
     digest: DigestInfo,
     tmp: Option<PathBuf>,
     /// To the disk thread and the hashing thread.
-    tx: Option<(mpsc::Sender<Bytes>, mpsc::Sender<Bytes>)>,
+    tx: Option<(mpsc::Sender<Pieces>, mpsc::Sender<Pieces>)>,
     worker: Option<(JoinHandle<Result<()>>, JoinHandle<DigestInfo>)>,
     sent: u64,
 }
@@ -431,17 +436,26 @@ impl FsWriter {
 #[async_trait]
 impl BlobWriter for FsWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        if self.sent + data.len() as u64 > self.digest.size {
+        self.write_pieces(vec![data]).await
+    }
+
+    async fn write_pieces(&mut self, pieces: Vec<Bytes>) -> Result<()> {
+        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        if self.sent + len > self.digest.size {
             return Err(Error::InvalidArgument(format!(
                 "more data than the {} bytes of blob {}",
                 self.digest.size, self.digest
             )));
         }
-        let len = data.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
         let Some((write_tx, hash_tx)) = &self.tx else {
             return Err(Error::Internal("upload already finished".into()));
         };
-        if hash_tx.send(data.clone()).await.is_err() || write_tx.send(data).await.is_err() {
+        // One message's pieces travel together: one hand-off and one writev each.
+        let pieces = Arc::new(pieces);
+        if hash_tx.send(pieces.clone()).await.is_err() || write_tx.send(pieces).await.is_err() {
             return Err(self.worker_error().await);
         }
         self.sent += len;
@@ -485,6 +499,21 @@ impl Drop for FsWriter {
             }
         }
     }
+}
+
+/// Writes every piece, with as few `writev` calls as the kernel allows.
+fn write_all_pieces(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Used by tests and the index-rebuild benchmark.

@@ -1,7 +1,7 @@
 //! Content-addressable storage: the [`BlobStore`] interface, its memory and
 //! filesystem implementations, and the CAS and ByteStream gRPC services.
 
-pub mod bytestream_read;
+pub mod bytestream_http;
 pub mod bytestream_service;
 pub mod cas_service;
 pub mod chunk_pool;

@@ -48,6 +48,15 @@ pub trait BlobStore: Send + Sync + 'static {
 pub trait BlobWriter: Send {
     /// Appends uncompressed bytes.
     async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Appends several pieces (one message's data, as its frames arrived).
+    async fn write_pieces(&mut self, pieces: Vec<Bytes>) -> Result<()> {
+        for piece in pieces {
+            if !piece.is_empty() {
+                self.write(piece).await?;
+            }
+        }
+        Ok(())
+    }
     /// Bytes accepted so far.
     fn committed(&self) -> u64;
     /// Verifies size and hash, then makes the blob visible.
