@@ -11,7 +11,8 @@
 #        more than the kernel's dirty-page budget and measure the disk instead),
 #      DATA_ROOT (where the server's data directory goes, default /tmp; use
 #        /dev/shm to take the disk out), SCENARIOS (default: all),
-#      DOCKER_IMAGE (for the docker-run floor).
+#      DOCKER_IMAGE (for the docker-run floor), BENCH_ARGS (extra re-bench
+#        arguments for every scenario, e.g. --tonic-client).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -70,10 +71,10 @@ for s in $SCENARIOS; do
   echo "== $s" >&2
   bound=(--duration "$RUN_SECS")
   [ "$s" = cas-upload ] && bound=(--count "$UPLOAD_COUNT")
-  "$BIN/re-bench" --endpoint "grpc://$ADDR" "$s" "${bound[@]}" --repeat 3 --json --no-progress > "$OUT/$s.json"
+  "$BIN/re-bench" --endpoint "grpc://$ADDR" "$s" "${bound[@]}" --repeat 3 --json --no-progress ${BENCH_ARGS:-} > "$OUT/$s.json"
   # Downloads again with 256 KiB HTTP/2 frames (the default above is 16 KiB, as Bazel's).
   if [ "$s" = cas-download ]; then
-    "$BIN/re-bench" --endpoint "grpc://$ADDR" "$s" "${bound[@]}" --repeat 3 --max-frame-kib 256 --json --no-progress \
+    "$BIN/re-bench" --endpoint "grpc://$ADDR" "$s" "${bound[@]}" --repeat 3 --max-frame-kib 256 --json --no-progress ${BENCH_ARGS:-} \
       > "$OUT/cas-download-256k-frames.json"
   fi
 done
