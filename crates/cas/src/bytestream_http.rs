@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
-use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use prost::Message;
@@ -26,6 +25,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use crate::bytestream_service::{WriteChunk, MAX_MESSAGE};
+use crate::grpc_frames::{put_prefix, streaming_response, trailers, unary_request, unary_response};
 use crate::ByteStreamService;
 
 const READ_PATH: &str = "/google.bytestream.ByteStream/Read";
@@ -77,16 +77,10 @@ impl tower_service::Service<http::Request<Body>> for CopyFreeByteStream {
 
 async fn write(service: ByteStreamService, body: Body) -> Result<http::Response<Body>, Status> {
     let response = service.write_chunks(Box::pin(write_requests(body))).await?;
-    let message = response.encode_to_vec();
-    let mut framed = BytesMut::with_capacity(5 + message.len());
-    framed.put_u8(0);
-    framed.put_u32(message.len() as u32);
-    framed.put_slice(&message);
-    let frames = [Ok::<_, Infallible>(Frame::data(framed.freeze())), Ok(Frame::trailers(trailers(&Status::ok(""))))];
-    Ok(http::Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(Body::new(StreamBody::new(stream::iter(frames))))
-        .expect("static response parts are valid"))
+    let mut framed = BytesMut::with_capacity(5 + response.encoded_len());
+    put_prefix(&mut framed, response.encoded_len());
+    response.encode(&mut framed).expect("a BytesMut grows");
+    Ok(unary_response(framed.freeze()))
 }
 
 /// The WriteRequests of a request body, each as soon as its last byte arrived.
@@ -256,13 +250,11 @@ impl Rope {
 }
 
 async fn read(service: ByteStreamService, body: Body) -> Result<http::Response<Body>, Status> {
-    let request = decode_request(body).await?;
+    let message = unary_request(body, "ByteStream.Read", MAX_REQUEST).await?;
+    let request =
+        ReadRequest::decode(message).map_err(|e| Status::internal(format!("could not decode ReadRequest: {e}")))?;
     let chunks = service.read_chunks(request).await?;
-    let body = StreamBody::new(response_frames(chunks));
-    Ok(http::Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(Body::new(body))
-        .expect("static response parts are valid"))
+    Ok(streaming_response(StreamBody::new(response_frames(chunks))))
 }
 
 /// Each chunk as two body frames (message header, then the data itself),
@@ -294,49 +286,10 @@ fn response_frames(
 fn message_header(len: usize) -> Bytes {
     let varint = prost::encoding::encoded_len_varint(len as u64);
     let mut out = BytesMut::with_capacity(5 + 1 + varint);
-    out.put_u8(0);
-    out.put_u32((1 + varint + len) as u32);
+    put_prefix(&mut out, 1 + varint + len);
     out.put_u8(DATA_KEY);
     prost::encoding::encode_varint(len as u64, &mut out);
     out.freeze()
-}
-
-fn trailers(status: &Status) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    if status.add_header(&mut map).is_err() {
-        // Only a message that cannot be a header value gets here.
-        map.clear();
-        Status::new(status.code(), "").add_header(&mut map).expect("a bare status is a valid header");
-    }
-    map
-}
-
-/// The single, uncompressed ReadRequest of a unary call.
-async fn decode_request(mut body: Body) -> Result<ReadRequest, Status> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if buf.len() + data.len() > 5 + MAX_REQUEST {
-                return Err(Status::invalid_argument(format!(
-                    "a ByteStream.Read request must be under {MAX_REQUEST} bytes"
-                )));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    if buf.len() < 5 {
-        return Err(Status::internal("ByteStream.Read carried no request message"));
-    }
-    if buf[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed gRPC messages are not accepted by ByteStream.Read; send the request uncompressed",
-        ));
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() != 5 + len {
-        return Err(Status::internal("ByteStream.Read takes exactly one whole request message"));
-    }
-    ReadRequest::decode(&buf[5..]).map_err(|e| Status::internal(format!("could not decode ReadRequest: {e}")))
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ use re_proto::{check_instance, DigestInfo, Error, Result};
 use tonic::{Request, Response, Status};
 
 use crate::compression::{compress_all, decompress_all, Compressor};
+use crate::find_missing_http::FastFindMissingCas;
 use crate::BlobStore;
 
 /// Directories returned per GetTree page when the client sets no page_size.
 const DEFAULT_TREE_PAGE: usize = 1000;
 
+#[derive(Clone)]
 pub struct CasService {
     store: Arc<dyn BlobStore>,
     instance_name: String,
@@ -38,10 +40,21 @@ impl CasService {
         Self { store, instance_name, max_batch_total_size_bytes, compressors }
     }
 
-    pub fn into_server(self) -> ContentAddressableStorageServer<Self> {
-        ContentAddressableStorageServer::new(self)
+    /// The gRPC service, with FindMissingBlobs answered by
+    /// [`crate::find_missing_http`] and the other methods by the generated server.
+    pub fn into_server(self) -> FastFindMissingCas {
+        let generated = ContentAddressableStorageServer::new(self.clone())
             .max_decoding_message_size(self_limit())
-            .max_encoding_message_size(self_limit())
+            .max_encoding_message_size(self_limit());
+        FastFindMissingCas::new(self, generated)
+    }
+
+    pub(crate) fn instance_name(&self) -> &str {
+        &self.instance_name
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
     }
 
     async fn update_one(&self, req: re_proto::reapi::batch_update_blobs_request::Request) -> Result<DigestInfo> {

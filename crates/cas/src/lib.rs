@@ -8,6 +8,8 @@ pub mod chunk_pool;
 pub mod compression;
 pub mod config;
 pub mod filesystem_store;
+pub mod find_missing_http;
+pub mod grpc_frames;
 pub mod lru_index;
 pub mod memory_store;
 pub mod pins;

@@ -1,0 +1,137 @@
+//! The few pieces of gRPC-over-HTTP/2 framing that the hand-framed RPCs
+//! (`bytestream_http.rs`, `find_missing_http.rs`) share: the 5-byte message
+//! prefix, unary request bodies, unary responses and status trailers.
+use std::convert::Infallible;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream;
+use http::HeaderMap;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tonic::body::Body;
+use tonic::Status;
+
+/// The prefix of an uncompressed message of `len` bytes.
+pub fn put_prefix(out: &mut BytesMut, len: usize) {
+    out.put_u8(0);
+    out.put_u32(len as u32);
+}
+
+/// The single, uncompressed message of a unary request, at most `limit` bytes.
+pub async fn unary_request(mut body: Body, method: &str, limit: usize) -> Result<Bytes, Status> {
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if have + data.len() > 5 + limit {
+            return Err(Status::out_of_range(format!("a {method} request must be at most {limit} bytes")));
+        }
+        // A request in one frame (the usual case) is used where it lies.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
+    }
+    let all = first.unwrap_or_else(|| buf.freeze());
+    if all.len() < 5 {
+        return Err(Status::internal(format!("{method} carried no request message")));
+    }
+    if all[0] != 0 {
+        return Err(Status::unimplemented(format!(
+            "compressed gRPC messages are not accepted by {method}; send the request uncompressed"
+        )));
+    }
+    let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
+    if all.len() != 5 + len {
+        return Err(Status::internal(format!("{method} takes exactly one whole request message")));
+    }
+    Ok(all.slice(5..))
+}
+
+/// A unary response: `framed` (prefix included), then an OK status.
+pub fn unary_response(framed: Bytes) -> http::Response<Body> {
+    let frames = [Ok::<_, Infallible>(Frame::data(framed)), Ok(Frame::trailers(trailers(&Status::ok(""))))];
+    streaming_response(StreamBody::new(stream::iter(frames)))
+}
+
+/// A response whose body (messages, then trailers) is `body`.
+pub fn streaming_response<B>(body: B) -> http::Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    http::Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(Body::new(body))
+        .expect("static response parts are valid")
+}
+
+/// `status` as gRPC trailers.
+pub fn trailers(status: &Status) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        // Only a message that cannot be a header value gets here.
+        map.clear();
+        Status::new(status.code(), "").add_header(&mut map).expect("a bare status is a valid header");
+    }
+    map
+}
+
+/// Reads protobuf fields out of one contiguous message.
+pub struct ProtoReader<'a> {
+    buf: &'a [u8],
+}
+
+/// One field: its number and its value.
+pub enum Field<'a> {
+    Varint(u32, u64),
+    Bytes(u32, &'a [u8]),
+    /// Fixed-width fields (wire types 1 and 5): skipped by every caller.
+    Fixed(u32),
+}
+
+impl<'a> ProtoReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn varint(&mut self) -> Result<u64, Status> {
+        prost::encoding::decode_varint(&mut self.buf).map_err(|e| Status::internal(format!("bad protobuf: {e}")))
+    }
+
+    /// The next field, or `None` at the end of the message.
+    pub fn next_field(&mut self) -> Result<Option<Field<'a>>, Status> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let number = (key >> 3) as u32;
+        let truncated = || Status::internal("bad protobuf: a field runs past the end of its message");
+        Ok(Some(match key & 7 {
+            0 => Field::Varint(number, self.varint()?),
+            2 => {
+                let len = self.varint()? as usize;
+                if len > self.buf.len() {
+                    return Err(truncated());
+                }
+                let (value, rest) = self.buf.split_at(len);
+                self.buf = rest;
+                Field::Bytes(number, value)
+            }
+            t @ (1 | 5) => {
+                let n = if t == 1 { 8 } else { 4 };
+                if n > self.buf.len() {
+                    return Err(truncated());
+                }
+                self.buf = &self.buf[n..];
+                Field::Fixed(number)
+            }
+            t => return Err(Status::internal(format!("bad protobuf: wire type {t} is not supported"))),
+        }))
+    }
+}
