@@ -10,10 +10,8 @@
 //! accept. QueryWriteStatus goes to the generated server unchanged.
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -21,11 +19,12 @@ use prost::Message;
 use re_proto::google::bytestream::byte_stream_server::ByteStreamServer;
 use re_proto::google::bytestream::ReadRequest;
 use tonic::body::Body;
-use tonic::server::NamedService;
 use tonic::Status;
 
 use crate::bytestream_service::{WriteChunk, MAX_MESSAGE};
-use crate::grpc_frames::{put_prefix, streaming_response, trailers, unary_request, unary_response};
+use crate::grpc_frames::{
+    put_prefix, streaming_response, trailers, unary_request, unary_response, Answer, HandFramed, HandFramedMethods,
+};
 use crate::ByteStreamService;
 
 const READ_PATH: &str = "/google.bytestream.ByteStream/Read";
@@ -36,41 +35,14 @@ const MAX_REQUEST: usize = 64 * 1024;
 const DATA_KEY: u8 = (10 << 3) | 2;
 
 /// The ByteStream service as the server mounts it.
-#[derive(Clone)]
-pub struct CopyFreeByteStream {
-    service: ByteStreamService,
-    generated: ByteStreamServer<ByteStreamService>,
-}
+pub type CopyFreeByteStream = HandFramed<ByteStreamService, ByteStreamServer<ByteStreamService>>;
 
-impl CopyFreeByteStream {
-    pub(crate) fn new(service: ByteStreamService, generated: ByteStreamServer<ByteStreamService>) -> Self {
-        Self { service, generated }
-    }
-}
-
-impl NamedService for CopyFreeByteStream {
-    const NAME: &'static str = <ByteStreamServer<ByteStreamService> as NamedService>::NAME;
-}
-
-impl tower_service::Service<http::Request<Body>> for CopyFreeByteStream {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let service = self.service.clone();
-        match req.uri().path() {
-            READ_PATH => {
-                Box::pin(async move { Ok(read(service, req.into_body()).await.unwrap_or_else(Status::into_http)) })
-            }
-            WRITE_PATH => {
-                Box::pin(async move { Ok(write(service, req.into_body()).await.unwrap_or_else(Status::into_http)) })
-            }
-            _ => self.generated.call(req),
+impl HandFramedMethods for ByteStreamService {
+    fn handler(path: &str) -> Option<fn(Self, Body) -> Answer> {
+        match path {
+            READ_PATH => Some(|service, body| Box::pin(read(service, body))),
+            WRITE_PATH => Some(|service, body| Box::pin(write(service, body))),
+            _ => None,
         }
     }
 }

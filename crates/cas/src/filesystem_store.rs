@@ -228,11 +228,11 @@ impl BlobStore for FilesystemStore {
             while done < len as usize {
                 let n = (len as usize - done).min(READ_CHUNK);
                 let res = match &source {
-                    ReadSource::Mapped(map) => {
+                    ReadSource::Mapped { bytes, map } => {
                         // Fault the pages in here, off the async threads, so the
                         // socket write that copies them never waits on the disk.
-                        let _ = map.1.advise_range(memmap2::Advice::PopulateRead, done, n);
-                        Ok(map.0.slice(done..done + n))
+                        let _ = map.advise_range(memmap2::Advice::PopulateRead, done, n);
+                        Ok(bytes.slice(done..done + n))
                     }
                     ReadSource::File(file) => {
                         let mut buf = READ_BUFFERS.take();
@@ -527,7 +527,7 @@ enum ReadSource {
     /// a copy (the `Bytes` keeps the mapping alive). Blob files are never
     /// modified or truncated once renamed into place (eviction only unlinks),
     /// so the mapping cannot lose its pages underneath a reader.
-    Mapped((Bytes, Arc<memmap2::Mmap>)),
+    Mapped { bytes: Bytes, map: Arc<memmap2::Mmap> },
     /// Small reads: copied into recycled buffers, cheaper than a mapping.
     File(std::fs::File),
 }
@@ -551,7 +551,7 @@ fn open_for_read(path: PathBuf, offset: u64, len: u64) -> std::io::Result<ReadSo
     // SAFETY: see `ReadSource::Mapped`: the file is immutable while it exists.
     let map = Arc::new(unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).map(&file)? });
     let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(ReadSource::Mapped((Bytes::from_owner(MapView(map.clone())), map)))
+    Ok(ReadSource::Mapped { bytes: Bytes::from_owner(MapView(map.clone())), map })
 }
 
 /// Lets a shared mapping back a `Bytes`.

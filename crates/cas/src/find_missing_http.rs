@@ -6,20 +6,18 @@
 //! answered with the client's own Digest bytes. The wire format is the one
 //! tonic would accept and send. Every other CAS method goes to the generated
 //! server.
-use std::convert::Infallible;
 use std::ops::Range;
-use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::BoxFuture;
 use prost::Message;
 use re_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use re_proto::{check_instance, DigestInfo};
 use tonic::body::Body;
-use tonic::server::NamedService;
 use tonic::Status;
 
-use crate::grpc_frames::{put_prefix, unary_request, unary_response, Field, ProtoReader};
+use crate::grpc_frames::{
+    put_prefix, unary_request, unary_response, Answer, Field, HandFramed, HandFramedMethods, ProtoReader,
+};
 use crate::CasService;
 
 const FIND_MISSING_PATH: &str = "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs";
@@ -29,37 +27,11 @@ const MAX_REQUEST: usize = 64 * 1024 * 1024;
 const MISSING_KEY: u8 = (2 << 3) | 2;
 
 /// The CAS service as the server mounts it.
-#[derive(Clone)]
-pub struct FastFindMissingCas {
-    service: CasService,
-    generated: ContentAddressableStorageServer<CasService>,
-}
+pub type FastFindMissingCas = HandFramed<CasService, ContentAddressableStorageServer<CasService>>;
 
-impl FastFindMissingCas {
-    pub(crate) fn new(service: CasService, generated: ContentAddressableStorageServer<CasService>) -> Self {
-        Self { service, generated }
-    }
-}
-
-impl NamedService for FastFindMissingCas {
-    const NAME: &'static str = <ContentAddressableStorageServer<CasService> as NamedService>::NAME;
-}
-
-impl tower_service::Service<http::Request<Body>> for FastFindMissingCas {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() != FIND_MISSING_PATH {
-            return self.generated.call(req);
-        }
-        let service = self.service.clone();
-        Box::pin(async move { Ok(find_missing(service, req.into_body()).await.unwrap_or_else(Status::into_http)) })
+impl HandFramedMethods for CasService {
+    fn handler(path: &str) -> Option<fn(Self, Body) -> Answer> {
+        (path == FIND_MISSING_PATH).then_some(|service, body| Box::pin(find_missing(service, body)))
     }
 }
 

@@ -1,15 +1,74 @@
 //! The few pieces of gRPC-over-HTTP/2 framing that the hand-framed RPCs
-//! (`bytestream_http.rs`, `find_missing_http.rs`) share: the 5-byte message
+//! (`bytestream_http.rs`, `find_missing_http.rs`) share: the wrapper that
+//! routes their methods past the generated server, the 5-byte message
 //! prefix, unary request bodies, unary responses and status trailers.
 use std::convert::Infallible;
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::stream;
 use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tonic::body::Body;
+use tonic::server::NamedService;
 use tonic::Status;
+
+/// The answer to one hand-framed call; an error becomes a trailers-only response.
+pub type Answer = BoxFuture<'static, Result<http::Response<Body>, Status>>;
+
+/// A service some of whose methods are framed by hand.
+pub trait HandFramedMethods: Clone + Send + Sync + 'static {
+    /// The handler for the method at `path`, or `None` for the generated server.
+    fn handler(path: &str) -> Option<fn(Self, Body) -> Answer>;
+}
+
+/// A generated tonic server with the methods `S` frames itself taken out of it.
+#[derive(Clone)]
+pub struct HandFramed<S, G> {
+    service: S,
+    generated: G,
+}
+
+impl<S, G> HandFramed<S, G> {
+    pub fn new(service: S, generated: G) -> Self {
+        Self { service, generated }
+    }
+}
+
+impl<S, G: NamedService> NamedService for HandFramed<S, G> {
+    const NAME: &'static str = G::NAME;
+}
+
+impl<S, G> tower_service::Service<http::Request<Body>> for HandFramed<S, G>
+where
+    S: HandFramedMethods,
+    G: tower_service::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>,
+    >,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match S::handler(req.uri().path()) {
+            Some(handler) => {
+                let answer = handler(self.service.clone(), req.into_body());
+                Box::pin(async move { Ok(answer.await.unwrap_or_else(Status::into_http)) })
+            }
+            None => self.generated.call(req),
+        }
+    }
+}
 
 /// The prefix of an uncompressed message of `len` bytes.
 pub fn put_prefix(out: &mut BytesMut, len: usize) {
@@ -19,25 +78,18 @@ pub fn put_prefix(out: &mut BytesMut, len: usize) {
 
 /// The single, uncompressed message of a unary request, at most `limit` bytes.
 pub async fn unary_request(mut body: Body, method: &str, limit: usize) -> Result<Bytes, Status> {
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut len = 0;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else { continue };
-        let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
-        if have + data.len() > 5 + limit {
+        len += data.len();
+        if len > 5 + limit {
             return Err(Status::out_of_range(format!("a {method} request must be at most {limit} bytes")));
         }
-        // A request in one frame (the usual case) is used where it lies.
-        match first.take() {
-            None if buf.is_empty() => first = Some(data),
-            Some(f) => {
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&data);
-            }
-            None => buf.extend_from_slice(&data),
-        }
+        frames.push(data);
     }
-    let all = first.unwrap_or_else(|| buf.freeze());
+    // A request in one frame (the usual case) is used where it lies.
+    let all = if frames.len() == 1 { frames.pop().expect("one frame") } else { Bytes::from(frames.concat()) };
     if all.len() < 5 {
         return Err(Status::internal(format!("{method} carried no request message")));
     }
