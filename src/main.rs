@@ -6,15 +6,24 @@ mod config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use re_action_cache::ActionCacheService;
+use re_action_cache::{ActionCacheService, CompletenessCheckingStore};
 use re_cas::{ByteStreamService, CasService};
 use re_execution::{ExecutionService, OperationsService};
+use re_proto::google::longrunning::operations_server::OperationsServer;
+use re_proto::reapi::action_cache_server::ActionCacheServer;
+use re_proto::reapi::capabilities_server::CapabilitiesServer;
+use re_proto::reapi::execution_server::ExecutionServer;
 use tracing::{error, info};
 
 use crate::capabilities::CapabilitiesService;
-use crate::config::{Config, DEFAULT_CONFIG};
+use crate::config::{Config, Overrides, DEFAULT_CONFIG};
+
+/// re-server's own crates: `--verbose` turns on their debug logs only (the
+/// dependencies' debug output, bollard's and h2's above all, drowns them).
+const OWN_CRATES: [&str; 5] = ["re_server", "re_proto", "re_cas", "re_action_cache", "re_execution"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,7 +65,11 @@ fn main() -> ExitCode {
     keep_transfer_buffers();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if args.verbose { "debug,h2=info,hyper=info,tower=info" } else { "info" })
+        let mut directives = vec!["info".to_string()];
+        if args.verbose {
+            directives.extend(OWN_CRATES.iter().map(|c| format!("{c}=debug")));
+        }
+        tracing_subscriber::EnvFilter::new(directives.join(","))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -64,23 +77,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    let overrides = Overrides { address: args.address, data_dir: args.data_dir };
     let loaded = match &args.config {
-        Some(path) => Config::load(path),
-        None => Config::parse(DEFAULT_CONFIG, "<embedded default config>"),
+        Some(path) => Config::load(path, &overrides),
+        None => Config::parse(DEFAULT_CONFIG, "<embedded default config>", &overrides),
     };
-    let mut config = match loaded {
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("re-server: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(a) = args.address {
-        config.server.address = a;
-    }
-    if let Some(d) = args.data_dir {
-        config.server.data_dir = Some(d);
-    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(serve(config)) {
@@ -95,15 +103,15 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let instance = config.server.instance_name.clone();
-    let data_dir = config.data_dir();
     let caps = &config.capabilities;
 
     info!("Initializing storage...");
-    let mut cas_config = config.storage.cas.clone();
-    cas_config.root_dir.get_or_insert_with(|| data_dir.join("cas"));
-    let cas = re_cas::open_store(&cas_config).await?;
+    let cas_config = &config.storage.cas;
+    let cas = re_cas::open_store(cas_config).await?;
     info!(backend = ?cas_config.backend, max_size_bytes = cas_config.max_size_bytes, "CAS ready");
-    let ac = re_action_cache::open_store(&config.storage.action_cache, data_dir.join("cache")).await?;
+    let ac = re_action_cache::open_store(&config.storage.action_cache).await?;
+    // Results are served only while their outputs are all in the CAS.
+    let ac: Arc<dyn re_action_cache::ActionCacheStore> = Arc::new(CompletenessCheckingStore::new(ac, cas.clone()));
     info!(backend = ?config.storage.action_cache.backend, "Action cache ready");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -130,25 +138,26 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let scheduler = if caps.exec_enabled {
         info!("Initializing execution...");
-        re_execution::start_pool(&config.execution, cas.clone(), ac.clone(), &data_dir).await?
+        re_execution::start_pool(&config.execution, cas.clone(), ac.clone()).await?
     } else {
         None
     };
     let capabilities = CapabilitiesService::new(instance.clone(), caps, scheduler.is_some());
 
-    let services = [
-        "build.bazel.remote.execution.v2.ContentAddressableStorage",
-        "build.bazel.remote.execution.v2.ActionCache",
-        "build.bazel.remote.execution.v2.Capabilities",
-        "google.bytestream.ByteStream",
-    ];
-    for s in services {
-        health_reporter.set_service_status(s, tonic_health::ServingStatus::Serving).await;
-    }
+    let cas_service = re_cas::find_missing_http::server(cas_service);
+    let bytestream = re_cas::bytestream_http::server(bytestream);
+    let action_cache = action_cache.into_server();
+    let capabilities = capabilities.into_server();
+    let execution = scheduler.as_ref().map(|s| ExecutionService::new(s.clone(), instance.clone()).into_server());
+    let operations = scheduler.as_ref().map(|s| OperationsService::new(s.clone()).into_server());
+
+    health_reporter.set_serving::<re_cas::find_missing_http::FastFindMissingCas>().await;
+    health_reporter.set_serving::<re_cas::bytestream_http::CopyFreeByteStream>().await;
+    health_reporter.set_serving::<ActionCacheServer<ActionCacheService>>().await;
+    health_reporter.set_serving::<CapabilitiesServer<CapabilitiesService>>().await;
     if scheduler.is_some() {
-        for s in ["build.bazel.remote.execution.v2.Execution", "google.longrunning.Operations"] {
-            health_reporter.set_service_status(s, tonic_health::ServingStatus::Serving).await;
-        }
+        health_reporter.set_serving::<ExecutionServer<ExecutionService>>().await;
+        health_reporter.set_serving::<OperationsServer<OperationsService>>().await;
     }
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -157,9 +166,6 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.address))?;
     let local = listener.local_addr()?;
     info!(instance_name = %instance, "Starting server on {local}");
-
-    let execution = scheduler.as_ref().map(|s| ExecutionService::new(s.clone(), instance.clone()).into_server());
-    let operations = scheduler.as_ref().map(|s| OperationsService::new(s.clone()).into_server());
 
     // A custom incoming stream ignores Server::tcp_nodelay, so set it here:
     // without it Nagle + delayed ACK add ~40 ms to small RPCs.
@@ -175,10 +181,10 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(cas_service.into_server())
-        .add_service(bytestream.into_server())
-        .add_service(action_cache.into_server())
-        .add_service(capabilities.into_server())
+        .add_service(cas_service)
+        .add_service(bytestream)
+        .add_service(action_cache)
+        .add_service(capabilities)
         .add_optional_service(execution)
         .add_optional_service(operations)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())

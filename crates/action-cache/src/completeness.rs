@@ -1,24 +1,67 @@
-//! An ActionResult is only served if every blob it names is still in the CAS
-//! (Bazel cannot recover from a cache hit it fails to download). Checking also
-//! refreshes those blobs' LRU position, so they stay for the build that asked.
+//! `CompletenessCheckingStore`: an action-cache decorator that serves a
+//! result only while every blob it names (outputs, stdout, stderr and the
+//! files inside output Trees) is still in the CAS. Required whenever the
+//! action cache and the CAS evict independently: Bazel cannot recover from a
+//! cache hit whose outputs it then fails to download. Checking refreshes
+//! those blobs' LRU position, so they stay for the build that asked. Both
+//! the ActionCache service and the scheduler's cache lookup hold this layer.
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use prost::Message;
 use re_cas::BlobStore;
 use re_proto::reapi::{ActionResult, Tree};
 use re_proto::{DigestInfo, Result};
 
-/// Every blob digest the result refers to, including files inside output trees.
-/// `Ok(None)` means a tree blob is already gone.
-pub async fn referenced_blobs(cas: &dyn BlobStore, result: &ActionResult) -> Result<Option<Vec<DigestInfo>>> {
-    let mut digests = Vec::new();
-    for f in &result.output_files {
-        digests.push(DigestInfo::try_from(f.digest.as_ref())?);
+use crate::store::ActionCacheStore;
+
+pub struct CompletenessCheckingStore {
+    inner: Arc<dyn ActionCacheStore>,
+    cas: Arc<dyn BlobStore>,
+}
+
+impl CompletenessCheckingStore {
+    pub fn new(inner: Arc<dyn ActionCacheStore>, cas: Arc<dyn BlobStore>) -> Self {
+        Self { inner, cas }
     }
-    for d in [&result.stdout_digest, &result.stderr_digest].into_iter().flatten() {
-        digests.push(DigestInfo::try_from(d)?);
+}
+
+#[async_trait]
+impl ActionCacheStore for CompletenessCheckingStore {
+    async fn get(&self, action: DigestInfo) -> Result<Option<ActionResult>> {
+        let Some(result) = self.inner.get(action).await? else { return Ok(None) };
+        let complete = match referenced_blobs(self.cas.as_ref(), &result).await? {
+            Some(digests) => self.cas.find_missing(&digests).await?.is_empty(),
+            None => false,
+        };
+        if !complete {
+            tracing::debug!(%action, "cached result refers to evicted blobs; reporting a miss");
+            return Ok(None);
+        }
+        Ok(Some(result))
     }
+
+    /// Refuses results naming malformed digests; stores the rest.
+    async fn put(&self, action: DigestInfo, result: &ActionResult) -> Result<()> {
+        named_digests(result)?;
+        self.inner.put(action, result).await
+    }
+}
+
+/// The digests a result names directly (not those inside its Trees).
+fn named_digests(result: &ActionResult) -> Result<Vec<DigestInfo>> {
+    let files = result.output_files.iter().map(|f| f.digest.as_ref());
+    let trees = result.output_directories.iter().map(|d| d.tree_digest.as_ref());
+    let io = [result.stdout_digest.as_ref(), result.stderr_digest.as_ref()].into_iter().flatten().map(Some);
+    files.chain(trees).chain(io).map(DigestInfo::try_from).collect()
+}
+
+/// Every blob digest the result refers to, including files inside output
+/// trees. `Ok(None)` means a tree blob is already gone (or damaged).
+async fn referenced_blobs(cas: &dyn BlobStore, result: &ActionResult) -> Result<Option<Vec<DigestInfo>>> {
+    let mut digests = named_digests(result)?;
     for dir in &result.output_directories {
         let tree_digest = DigestInfo::try_from(dir.tree_digest.as_ref())?;
-        digests.push(tree_digest);
         let Some(raw) = cas.get(tree_digest).await? else { return Ok(None) };
         let Ok(tree) = Tree::decode(raw) else { return Ok(None) };
         for d in tree.root.iter().chain(tree.children.iter()) {
@@ -30,12 +73,4 @@ pub async fn referenced_blobs(cas: &dyn BlobStore, result: &ActionResult) -> Res
     digests.sort_unstable();
     digests.dedup();
     Ok(Some(digests))
-}
-
-/// True when every referenced blob is present.
-pub async fn is_complete(cas: &dyn BlobStore, result: &ActionResult) -> Result<bool> {
-    match referenced_blobs(cas, result).await? {
-        Some(digests) => Ok(cas.find_missing(&digests).await?.is_empty()),
-        None => Ok(false),
-    }
 }

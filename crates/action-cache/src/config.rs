@@ -1,6 +1,7 @@
 //! `[storage.action_cache]` section.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use re_proto::ConfigError;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -12,23 +13,31 @@ pub enum ActionCacheBackend {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ActionCacheConfig {
-    #[serde(default)]
     pub backend: ActionCacheBackend,
-    /// Where the filesystem backend keeps results; defaults to `<data_dir>/cache`.
-    pub root_dir: Option<PathBuf>,
+    /// Where the filesystem backend keeps results; unset (empty) means
+    /// `<data_dir>/cache`, filled in by [`ActionCacheConfig::resolve`].
+    pub root_dir: PathBuf,
     /// The memory backend keeps at most this many results (least recently used go first).
-    #[serde(default = "default_max_entries")]
     pub max_entries: usize,
-}
-
-fn default_max_entries() -> usize {
-    1_000_000
 }
 
 impl Default for ActionCacheConfig {
     fn default() -> Self {
-        Self { backend: ActionCacheBackend::Filesystem, root_dir: None, max_entries: default_max_entries() }
+        Self { backend: ActionCacheBackend::Filesystem, root_dir: PathBuf::new(), max_entries: 1_000_000 }
+    }
+}
+
+impl ActionCacheConfig {
+    /// Fills unset paths from the data directory and checks the values.
+    pub fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self.root_dir.as_os_str().is_empty() {
+            self.root_dir = data_dir.join("cache");
+        }
+        if self.max_entries == 0 {
+            return Err(ConfigError::new("max_entries", "must be at least 1"));
+        }
+        Ok(())
     }
 }

@@ -1,19 +1,19 @@
 //! build.bazel.remote.execution.v2.ActionCache.
 use std::sync::Arc;
 
-use prost::Message;
 use re_cas::BlobStore;
 use re_proto::reapi::action_cache_server::{ActionCache, ActionCacheServer};
 use re_proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionResultRequest};
 use re_proto::{check_instance, DigestInfo, Error, Result};
 use tonic::{Request, Response, Status};
 
-use crate::completeness::is_complete;
 use crate::store::ActionCacheStore;
 
 #[derive(Clone)]
 pub struct ActionCacheService {
+    /// A [`crate::CompletenessCheckingStore`] in the server: hits are complete.
     ac: Arc<dyn ActionCacheStore>,
+    /// Where inlined stdout, stderr and output files are read from.
     cas: Arc<dyn BlobStore>,
     instance_name: String,
     update_enabled: bool,
@@ -34,12 +34,6 @@ impl ActionCacheService {
 
     pub fn into_server(self) -> ActionCacheServer<Self> {
         ActionCacheServer::new(self)
-    }
-
-    /// The cached result for `action` if all its blobs are still stored.
-    /// Shared with the execution service's cache lookup.
-    pub async fn lookup(&self, action: DigestInfo) -> Result<Option<ActionResult>> {
-        lookup_complete(self.ac.as_ref(), self.cas.as_ref(), action).await
     }
 
     async fn inline(&self, result: &mut ActionResult, req: &GetActionResultRequest) -> Result<()> {
@@ -72,25 +66,6 @@ impl ActionCacheService {
     }
 }
 
-/// Reads and decodes a cached result, treating an incomplete one as a miss.
-pub async fn lookup_complete(
-    ac: &dyn ActionCacheStore,
-    cas: &dyn BlobStore,
-    action: DigestInfo,
-) -> Result<Option<ActionResult>> {
-    let Some(raw) = ac.get(action).await? else { return Ok(None) };
-    let Ok(result) = ActionResult::decode(raw) else {
-        tracing::warn!(%action, "dropping undecodable action result");
-        ac.remove(action).await?;
-        return Ok(None);
-    };
-    if !is_complete(cas, &result).await? {
-        tracing::debug!(%action, "cached result refers to evicted blobs; reporting a miss");
-        return Ok(None);
-    }
-    Ok(Some(result))
-}
-
 #[tonic::async_trait]
 impl ActionCache for ActionCacheService {
     async fn get_action_result(
@@ -101,7 +76,8 @@ impl ActionCache for ActionCacheService {
         check_instance(&self.instance_name, &req.instance_name)?;
         let action = DigestInfo::try_from(req.action_digest.as_ref())?;
         let mut result = self
-            .lookup(action)
+            .ac
+            .get(action)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no cached result for action {action}")))?;
         self.inline(&mut result, &req).await?;
@@ -130,8 +106,7 @@ impl ActionCache for ActionCacheService {
         for f in result.output_files.iter_mut() {
             f.contents = Default::default();
         }
-        crate::completeness::referenced_blobs(self.cas.as_ref(), &result).await?;
-        self.ac.put(action, result.encode_to_vec().into()).await?;
+        self.ac.put(action, &result).await?;
         Ok(Response::new(result))
     }
 }

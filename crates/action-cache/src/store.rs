@@ -1,4 +1,6 @@
-//! Where encoded `ActionResult`s live.
+//! Where `ActionResult`s live, keyed by action digest. Both stores keep the
+//! encoded message and decode it on the way out; a result that no longer
+//! decodes (a file damaged on disk) is dropped and reported as a miss.
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,25 +9,34 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
+use prost::Message;
+use re_proto::reapi::ActionResult;
 use re_proto::{DigestInfo, Error, Result};
 
 use crate::config::{ActionCacheBackend, ActionCacheConfig};
 
 #[async_trait]
 pub trait ActionCacheStore: Send + Sync + 'static {
-    /// The encoded ActionResult for an action digest.
-    async fn get(&self, action: DigestInfo) -> Result<Option<Bytes>>;
-    async fn put(&self, action: DigestInfo, result: Bytes) -> Result<()>;
-    async fn remove(&self, action: DigestInfo) -> Result<()>;
+    async fn get(&self, action: DigestInfo) -> Result<Option<ActionResult>>;
+    async fn put(&self, action: DigestInfo, result: &ActionResult) -> Result<()>;
 }
 
-pub async fn open_store(config: &ActionCacheConfig, default_root: PathBuf) -> Result<Arc<dyn ActionCacheStore>> {
+/// The store `config` (already resolved) describes.
+pub async fn open_store(config: &ActionCacheConfig) -> Result<Arc<dyn ActionCacheStore>> {
     Ok(match config.backend {
         ActionCacheBackend::Memory => Arc::new(MemoryActionCache::new(config.max_entries)),
-        ActionCacheBackend::Filesystem => {
-            Arc::new(FilesystemActionCache::open(config.root_dir.clone().unwrap_or(default_root)).await?)
-        }
+        ActionCacheBackend::Filesystem => Arc::new(FilesystemActionCache::open(config.root_dir.clone()).await?),
     })
+}
+
+fn decode(action: DigestInfo, raw: Bytes) -> Option<ActionResult> {
+    match ActionResult::decode(raw) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(%action, error = %e, "dropping an action result that does not decode");
+            None
+        }
+    }
 }
 
 pub struct MemoryActionCache {
@@ -41,15 +52,13 @@ impl MemoryActionCache {
 
 #[async_trait]
 impl ActionCacheStore for MemoryActionCache {
-    async fn get(&self, action: DigestInfo) -> Result<Option<Bytes>> {
-        Ok(self.entries.lock().get(&action).cloned())
+    async fn get(&self, action: DigestInfo) -> Result<Option<ActionResult>> {
+        let raw = self.entries.lock().get(&action).cloned();
+        Ok(raw.and_then(|raw| decode(action, raw)))
     }
-    async fn put(&self, action: DigestInfo, result: Bytes) -> Result<()> {
-        self.entries.lock().put(action, result);
-        Ok(())
-    }
-    async fn remove(&self, action: DigestInfo) -> Result<()> {
-        self.entries.lock().pop(&action);
+
+    async fn put(&self, action: DigestInfo, result: &ActionResult) -> Result<()> {
+        self.entries.lock().put(action, result.encode_to_vec().into());
         Ok(())
     }
 }
@@ -76,33 +85,34 @@ impl FilesystemActionCache {
 
 #[async_trait]
 impl ActionCacheStore for FilesystemActionCache {
-    async fn get(&self, action: DigestInfo) -> Result<Option<Bytes>> {
-        match tokio::fs::read(self.path(&action)).await {
-            Ok(data) => Ok(Some(data.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("reading action result {action}"), e)),
+    async fn get(&self, action: DigestInfo) -> Result<Option<ActionResult>> {
+        let path = self.path(&action);
+        let raw = match tokio::fs::read(&path).await {
+            Ok(data) => Bytes::from(data),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading action result {action}"), e)),
+        };
+        let result = decode(action, raw);
+        if result.is_none() {
+            let _ = tokio::fs::remove_file(&path).await;
         }
+        Ok(result)
     }
 
-    async fn put(&self, action: DigestInfo, result: Bytes) -> Result<()> {
+    async fn put(&self, action: DigestInfo, result: &ActionResult) -> Result<()> {
         let dest = self.path(&action);
-        let dir = dest.parent().expect("has parent").to_path_buf();
         let tmp = self.root.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
-        let io = |e| Error::io(format!("storing action result {action}"), e);
-        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-        tokio::fs::write(&tmp, &result).await.map_err(io)?;
-        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io(e));
-        }
-        Ok(())
-    }
-
-    async fn remove(&self, action: DigestInfo) -> Result<()> {
-        match tokio::fs::remove_file(self.path(&action)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("removing action result {action}"), e)),
-        }
+        let data = result.encode_to_vec();
+        // One blocking task for the directory, the write and the rename.
+        tokio::task::spawn_blocking(move || {
+            let io = |e| Error::io(format!("storing action result {action}"), e);
+            std::fs::create_dir_all(dest.parent().expect("has parent")).map_err(io)?;
+            std::fs::write(&tmp, &data).map_err(io)?;
+            std::fs::rename(&tmp, &dest).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io(e)
+            })
+        })
+        .await?
     }
 }

@@ -21,11 +21,10 @@ use re_proto::google::bytestream::ReadRequest;
 use tonic::body::Body;
 use tonic::Status;
 
-use crate::bytestream_service::{WriteChunk, MAX_MESSAGE};
+use crate::bytestream_service::{ByteStreamService, WriteChunk, MAX_MESSAGE};
 use crate::grpc_frames::{
     put_prefix, streaming_response, trailers, unary_request, unary_response, Answer, HandFramed, HandFramedMethods,
 };
-use crate::ByteStreamService;
 
 const READ_PATH: &str = "/google.bytestream.ByteStream/Read";
 const WRITE_PATH: &str = "/google.bytestream.ByteStream/Write";
@@ -36,6 +35,15 @@ const DATA_KEY: u8 = (10 << 3) | 2;
 
 /// The ByteStream service as the server mounts it.
 pub type CopyFreeByteStream = HandFramed<ByteStreamService, ByteStreamServer<ByteStreamService>>;
+
+/// The gRPC service to mount: Read and Write framed here, QueryWriteStatus by
+/// the generated server.
+pub fn server(service: ByteStreamService) -> CopyFreeByteStream {
+    let generated = ByteStreamServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    CopyFreeByteStream::new(service, generated)
+}
 
 impl HandFramedMethods for ByteStreamService {
     fn handler(path: &str) -> Option<fn(Self, Body) -> Answer> {

@@ -9,17 +9,16 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use re_proto::google::bytestream::byte_stream_server::{ByteStream, ByteStreamServer};
+use re_proto::google::bytestream::byte_stream_server::ByteStream;
 use re_proto::google::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
 };
 use re_proto::{check_instance, Error, Result};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::bytestream_http::CopyFreeByteStream;
 use crate::compression::{Compressor, StreamDecoder, StreamEncoder};
 use crate::resource_name::ResourceName;
-use crate::{BlobStore, BlobWriter};
+use crate::store::{BlobStore, BlobWriter};
 
 /// Interrupted uploads are kept this long for a client to resume them.
 const PARTIAL_UPLOAD_TTL: Duration = Duration::from_secs(15 * 60);
@@ -91,15 +90,6 @@ impl ByteStreamService {
             }
         });
         Self { store, instance_name, compressors, uploads }
-    }
-
-    /// The gRPC service, with Read answered by the copy-free path in
-    /// [`crate::bytestream_http`] and the other methods by the generated server.
-    pub fn into_server(self) -> CopyFreeByteStream {
-        let generated = ByteStreamServer::new(self.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        CopyFreeByteStream::new(self, generated)
     }
 
     fn check_compressor(&self, c: Compressor) -> Result<()> {
@@ -270,6 +260,9 @@ async fn decode_blocking(decoder: &mut StreamDecoder, data: Bytes) -> Result<Byt
     tokio::task::block_in_place(|| decoder.decode(&data))
 }
 
+/// The generated server's entry points. `crate::bytestream_http` answers Read
+/// and Write itself in the running server; these delegate to the same
+/// implementation, for anything that drives the generated trait directly.
 #[tonic::async_trait]
 impl ByteStream for ByteStreamService {
     type ReadStream = BoxStream<'static, Result<ReadResponse, Status>>;

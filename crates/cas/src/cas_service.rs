@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use prost::Message;
 use re_proto::error::ok_status;
-use re_proto::reapi::content_addressable_storage_server::{ContentAddressableStorage, ContentAddressableStorageServer};
+use re_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use re_proto::reapi::{
     batch_read_blobs_response, batch_update_blobs_response, BatchReadBlobsRequest, BatchReadBlobsResponse,
     BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, Directory, FindMissingBlobsRequest, FindMissingBlobsResponse,
@@ -16,8 +16,7 @@ use re_proto::{check_instance, DigestInfo, Error, Result};
 use tonic::{Request, Response, Status};
 
 use crate::compression::{compress_all, decompress_all, Compressor};
-use crate::find_missing_http::FastFindMissingCas;
-use crate::BlobStore;
+use crate::store::BlobStore;
 
 /// Directories returned per GetTree page when the client sets no page_size.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -40,21 +39,11 @@ impl CasService {
         Self { store, instance_name, max_batch_total_size_bytes, compressors }
     }
 
-    /// The gRPC service, with FindMissingBlobs answered by
-    /// [`crate::find_missing_http`] and the other methods by the generated server.
-    pub fn into_server(self) -> FastFindMissingCas {
-        let generated = ContentAddressableStorageServer::new(self.clone())
-            .max_decoding_message_size(self_limit())
-            .max_encoding_message_size(self_limit());
-        FastFindMissingCas::new(self, generated)
-    }
-
-    pub(crate) fn instance_name(&self) -> &str {
-        &self.instance_name
-    }
-
-    pub(crate) fn store(&self) -> &Arc<dyn BlobStore> {
-        &self.store
+    /// FindMissingBlobs, whichever way the request was decoded: the digests
+    /// not stored, in request order (present ones are refreshed).
+    pub(crate) async fn find_missing(&self, instance_name: &str, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>> {
+        check_instance(&self.instance_name, instance_name)?;
+        self.store.find_missing(digests).await
     }
 
     async fn update_one(&self, req: re_proto::reapi::batch_update_blobs_request::Request) -> Result<DigestInfo> {
@@ -114,38 +103,23 @@ impl CasService {
     }
 }
 
-fn self_limit() -> usize {
-    // Batch requests are bounded by max_batch_total_size_bytes plus framing.
-    64 * 1024 * 1024
-}
-
 fn status(e: Error) -> Status {
     e.into()
 }
 
 #[tonic::async_trait]
 impl ContentAddressableStorage for CasService {
+    /// The running server answers this in `crate::find_missing_http`.
     async fn find_missing_blobs(
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let req = request.into_inner();
-        check_instance(&self.instance_name, &req.instance_name)?;
         let digests = req.blob_digests.iter().map(DigestInfo::try_from).collect::<Result<Vec<_>>>().map_err(status)?;
-        let missing = self.store.find_missing(&digests).await?;
-        // `missing` is a subsequence of the request: hand the client's own
-        // Digest messages back instead of re-encoding hundreds of hashes.
-        let mut next = missing.iter().peekable();
-        let mut echoed = Vec::with_capacity(missing.len());
-        for (proto, d) in req.blob_digests.into_iter().zip(&digests) {
-            if next.peek() == Some(&d) {
-                next.next();
-                echoed.push(proto);
-            }
-        }
-        let missing_blob_digests =
-            if next.peek().is_none() { echoed } else { missing.into_iter().map(Into::into).collect() };
-        Ok(Response::new(FindMissingBlobsResponse { missing_blob_digests }))
+        let missing = self.find_missing(&req.instance_name, &digests).await?;
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(|d| d.to_proto()).collect(),
+        }))
     }
 
     async fn batch_update_blobs(

@@ -1,6 +1,7 @@
 //! `[storage.cas]` section.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use re_proto::ConfigError;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -12,37 +13,38 @@ pub enum CasBackend {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CasConfig {
-    #[serde(default)]
     pub backend: CasBackend,
-    /// Where the filesystem backend keeps blobs; defaults to `<data_dir>/cas`.
-    pub root_dir: Option<PathBuf>,
+    /// Where the filesystem backend keeps blobs; unset (empty) means
+    /// `<data_dir>/cas`, filled in by [`CasConfig::resolve`].
+    pub root_dir: PathBuf,
     /// Least-recently-used blobs are evicted beyond this many bytes.
-    #[serde(default = "default_max_size")]
     pub max_size_bytes: u64,
     /// fsync each blob before it becomes visible (survives power loss, slower).
-    #[serde(default)]
     pub fsync_writes: bool,
-}
-
-fn default_max_size() -> u64 {
-    10 * 1024 * 1024 * 1024
 }
 
 impl Default for CasConfig {
     fn default() -> Self {
         Self {
             backend: CasBackend::Filesystem,
-            root_dir: None,
-            max_size_bytes: default_max_size(),
+            root_dir: PathBuf::new(),
+            max_size_bytes: 10 << 30,
             fsync_writes: false,
         }
     }
 }
 
 impl CasConfig {
-    pub fn root_dir_or_default(&self) -> PathBuf {
-        self.root_dir.clone().unwrap_or_else(|| PathBuf::from("re-server-data/cas"))
+    /// Fills unset paths from the data directory and checks the values.
+    pub fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self.root_dir.as_os_str().is_empty() {
+            self.root_dir = data_dir.join("cas");
+        }
+        if self.max_size_bytes == 0 {
+            return Err(ConfigError::new("max_size_bytes", "must be greater than 0"));
+        }
+        Ok(())
     }
 }

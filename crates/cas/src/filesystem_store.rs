@@ -22,9 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::chunk_pool::ChunkPool;
 use crate::lru_index::LruIndex;
-use crate::memory_store::too_large;
 use crate::pins::PinSet;
-use crate::store::{check_range, digest_mismatch, BlobStore, BlobWriter, ByteStreamChunks};
+use crate::store::{check_range, digest_mismatch, too_large, BlobStore, BlobWriter, ByteStreamChunks};
 
 /// Chunk size for streamed reads; below gRPC's default 4 MiB message limit.
 const READ_CHUNK: usize = 1 << 20;
@@ -63,9 +62,7 @@ impl FilesystemStore {
             fsync,
         });
         let s = shared.clone();
-        let report = tokio::task::spawn_blocking(move || s.scan())
-            .await
-            .map_err(|e| Error::Internal(format!("index scan panicked: {e}")))??;
+        let report = tokio::task::spawn_blocking(move || s.scan()).await??;
         tracing::info!(
             root = %root.display(),
             blobs = report.blobs,
@@ -176,10 +173,6 @@ fn parse_blob_file_name(name: &str) -> Option<DigestInfo> {
     DigestInfo::from_hex(hash, size.parse().ok()?).ok()
 }
 
-fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::Internal(format!("disk task failed: {e}"))
-}
-
 #[async_trait]
 impl BlobStore for FilesystemStore {
     async fn find_missing(&self, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>> {
@@ -212,7 +205,7 @@ impl BlobStore for FilesystemStore {
             return Err(Error::NotFound(format!("blob {digest} not found")));
         }
         let path = self.shared.blob_path(&digest);
-        let opened = tokio::task::spawn_blocking(move || open_for_read(path, offset, len)).await.map_err(join_error)?;
+        let opened = tokio::task::spawn_blocking(move || open_for_read(path, offset, len)).await?;
         let source = match opened {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -276,8 +269,7 @@ impl BlobStore for FilesystemStore {
             }
             Ok(true)
         })
-        .await
-        .map_err(join_error)?;
+        .await?;
         match written {
             Ok(false) => return Ok(()),
             Ok(true) => {}
@@ -331,8 +323,7 @@ impl BlobStore for FilesystemStore {
             }
             Ok((keep.then_some(tmp), digest))
         })
-        .await
-        .map_err(join_error)??;
+        .await??;
         match staged {
             (Some(tmp), digest) => match self.shared.publish(tmp.clone(), digest).await {
                 Ok(()) => Ok(digest),
@@ -352,7 +343,7 @@ impl BlobStore for FilesystemStore {
         let tmp = self.shared.tmp_path(&digest);
         let file = {
             let path = tmp.clone();
-            tokio::task::spawn_blocking(move || create_upload_file(&path)).await.map_err(join_error)??
+            tokio::task::spawn_blocking(move || create_upload_file(&path)).await??
         };
         let fsync = self.shared.fsync;
         // Hashing and writing each get a blocking thread, so a chunk is hashed
@@ -426,7 +417,7 @@ impl FsWriter {
             Some((writer, _)) => match writer.await {
                 Ok(Err(e)) => e,
                 Ok(Ok(())) => Error::Internal("upload hasher stopped early".into()),
-                Err(e) => join_error(e),
+                Err(e) => e.into(),
             },
             None => Error::Internal("upload already finished".into()),
         }
@@ -470,8 +461,8 @@ impl BlobWriter for FsWriter {
         self.tx = None;
         let (writer, hasher) = self.worker.take().expect("commit called once");
         let tmp = self.tmp.take().expect("commit called once");
-        let written = writer.await.map_err(join_error).and_then(|r| r);
-        let hashed = hasher.await.map_err(join_error);
+        let written = writer.await.map_err(Error::from).and_then(|r| r);
+        let hashed = hasher.await.map_err(Error::from);
         let result = match (written, hashed) {
             (Ok(()), Ok(actual)) if actual == self.digest => self.shared.publish(tmp.clone(), self.digest).await,
             (Ok(()), Ok(actual)) => Err(digest_mismatch(self.digest, actual)),

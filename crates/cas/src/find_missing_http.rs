@@ -11,23 +11,31 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use re_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
-use re_proto::{check_instance, DigestInfo};
+use re_proto::DigestInfo;
 use tonic::body::Body;
 use tonic::Status;
 
+use crate::cas_service::CasService;
 use crate::grpc_frames::{
     put_prefix, unary_request, unary_response, Answer, Field, HandFramed, HandFramedMethods, ProtoReader,
+    MAX_REQUEST_BYTES,
 };
-use crate::CasService;
 
 const FIND_MISSING_PATH: &str = "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs";
-/// The largest request accepted, as for every other CAS method.
-const MAX_REQUEST: usize = 64 * 1024 * 1024;
 /// `FindMissingBlobsResponse.missing_blob_digests` is field 2, length-delimited.
 const MISSING_KEY: u8 = (2 << 3) | 2;
 
 /// The CAS service as the server mounts it.
 pub type FastFindMissingCas = HandFramed<CasService, ContentAddressableStorageServer<CasService>>;
+
+/// The gRPC service to mount: FindMissingBlobs decoded here, every other
+/// method by the generated server.
+pub fn server(service: CasService) -> FastFindMissingCas {
+    let generated = ContentAddressableStorageServer::new(service.clone())
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
+    FastFindMissingCas::new(service, generated)
+}
 
 impl HandFramedMethods for CasService {
     fn handler(path: &str) -> Option<fn(Self, Body) -> Answer> {
@@ -36,10 +44,9 @@ impl HandFramedMethods for CasService {
 }
 
 async fn find_missing(service: CasService, body: Body) -> Result<http::Response<Body>, Status> {
-    let message = unary_request(body, "FindMissingBlobs", MAX_REQUEST).await?;
+    let message = unary_request(body, "FindMissingBlobs", MAX_REQUEST_BYTES).await?;
     let request = parse_request(&message)?;
-    check_instance(service.instance_name(), request.instance_name)?;
-    let missing = service.store().find_missing(&request.digests).await?;
+    let missing = service.find_missing(request.instance_name, &request.digests).await?;
     Ok(unary_response(encode_response(&message, &request, &missing)))
 }
 

@@ -15,6 +15,10 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::Status;
 
+/// The largest request message any CAS method accepts (a batch is bounded by
+/// `max_batch_total_size_bytes`; this bounds the framing around it).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// The answer to one hand-framed call; an error becomes a trailers-only response.
 pub type Answer = BoxFuture<'static, Result<http::Response<Body>, Status>>;
 

@@ -25,12 +25,13 @@ pub use store::{BlobStore, BlobWriter, ByteStreamChunks};
 
 use std::sync::Arc;
 
-/// Builds the store `config` describes (the filesystem one rebuilds its index first).
+/// Builds the store `config` (already resolved) describes; the filesystem
+/// one rebuilds its index first.
 pub async fn open_store(config: &CasConfig) -> re_proto::Result<Arc<dyn BlobStore>> {
     Ok(match config.backend {
         CasBackend::Memory => Arc::new(MemoryStore::new(config.max_size_bytes)),
-        CasBackend::Filesystem => Arc::new(
-            FilesystemStore::open(config.root_dir_or_default(), config.max_size_bytes, config.fsync_writes).await?,
-        ),
+        CasBackend::Filesystem => {
+            Arc::new(FilesystemStore::open(config.root_dir.clone(), config.max_size_bytes, config.fsync_writes).await?)
+        }
     })
 }

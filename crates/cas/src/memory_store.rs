@@ -9,7 +9,7 @@ use re_proto::{DigestInfo, Error, Result};
 
 use crate::lru_index::LruIndex;
 use crate::pins::PinSet;
-use crate::store::{check_range, digest_mismatch, BlobStore, BlobWriter, ByteStreamChunks};
+use crate::store::{check_range, digest_mismatch, too_large, BlobStore, BlobWriter, ByteStreamChunks};
 
 const READ_CHUNK: usize = 1 << 20;
 
@@ -48,10 +48,6 @@ impl Shared {
     }
 }
 
-pub(crate) fn too_large(digest: DigestInfo, max: u64) -> Error {
-    Error::ResourceExhausted(format!("blob {digest} is larger than the whole CAS (max_size_bytes = {max})"))
-}
-
 #[async_trait]
 impl BlobStore for MemoryStore {
     async fn find_missing(&self, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>> {
@@ -88,9 +84,7 @@ impl BlobStore for MemoryStore {
         let data = tokio::fs::read(path).await.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let data = Bytes::from(data);
         let hashed = data.clone();
-        let digest = tokio::task::spawn_blocking(move || DigestInfo::of_bytes(&hashed))
-            .await
-            .map_err(|e| Error::Internal(format!("hash task failed: {e}")))?;
+        let digest = tokio::task::spawn_blocking(move || DigestInfo::of_bytes(&hashed)).await?;
         if !digest.is_empty_blob() && self.shared.index.get(&digest).is_none() {
             self.shared.insert_verified(digest, data)?;
         }

@@ -70,6 +70,11 @@ pub fn digest_mismatch(expected: DigestInfo, actual: DigestInfo) -> re_proto::Er
     ))
 }
 
+/// The error every store returns for a blob bigger than the whole store.
+pub fn too_large(digest: DigestInfo, max: u64) -> re_proto::Error {
+    re_proto::Error::ResourceExhausted(format!("blob {digest} is larger than the whole CAS (max_size_bytes = {max})"))
+}
+
 /// Checks a read range against a blob size.
 pub fn check_range(digest: DigestInfo, offset: u64, limit: u64) -> Result<u64> {
     if offset > digest.size {

@@ -39,6 +39,8 @@ fn queue(c: &mut Criterion) {
             platform: platform.clone(),
             timeout: Duration::from_secs(1),
             blobs: vec![],
+            working_directory: Default::default(),
+            outputs: vec![],
         }),
         priority: (i % 3) as i32,
         invocation: format!("build-{}", i % 4),
@@ -97,7 +99,7 @@ fn materialise(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || tempfile::tempdir().unwrap(),
-                |dest| rt.block_on(input_tree::materialise(&cas, &tree, dest.path(), mode)).unwrap(),
+                |dest| rt.block_on(input_tree::locate(&cas, &tree)).unwrap().place(dest.path(), mode).unwrap(),
                 BatchSize::PerIteration,
             )
         });

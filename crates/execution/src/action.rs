@@ -1,4 +1,7 @@
 //! Turns an ExecuteRequest's action digest into a validated, runnable job.
+//! Every client-supplied path is checked here, once; workers and output
+//! collection use the results (`working_directory`, `outputs`) as they are.
+use std::path::PathBuf;
 use std::time::Duration;
 
 use prost::Message;
@@ -21,6 +24,31 @@ pub struct PreparedAction {
     pub timeout: Duration,
     /// Every blob the action reads (pinned while it is queued or running).
     pub blobs: Vec<DigestInfo>,
+    /// The command's working directory, relative to the input root.
+    pub working_directory: PathBuf,
+    /// Every declared output, in the order the Command lists them.
+    pub outputs: Vec<OutputPath>,
+}
+
+/// What kind of entry a declared output may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// `output_paths` (REAPI 2.1+): whatever the action produced.
+    Any,
+    /// `output_files` (Bazel before 6.3).
+    File,
+    /// `output_directories` (Bazel before 6.3).
+    Directory,
+}
+
+/// One declared output, checked to stay inside the input root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPath {
+    /// As the client wrote it (relative to the working directory); results name it so.
+    pub path: String,
+    /// Where it is, relative to the input root.
+    pub relative: PathBuf,
+    pub kind: OutputKind,
 }
 
 async fn fetch<M: Message + Default>(cas: &dyn BlobStore, d: DigestInfo, what: &str) -> Result<Option<M>> {
@@ -59,6 +87,7 @@ pub async fn prepare(
         (_, Err(e)) => return Err(e),
     };
     validate_command(&command)?;
+    let (working_directory, outputs) = resolve_paths(&command)?;
 
     let timeout = match &action.timeout {
         Some(t) if t.seconds > 0 || t.nanos > 0 => {
@@ -81,22 +110,36 @@ pub async fn prepare(
     let mut blobs = inputs.blobs();
     blobs.push(action_digest);
     blobs.push(command_digest);
-    Ok(PreparedAction { action_digest, action, command, inputs, platform, timeout, blobs })
+    Ok(PreparedAction { action_digest, action, command, inputs, platform, timeout, blobs, working_directory, outputs })
+}
+
+/// The working directory and outputs. A Command that lists `output_paths`
+/// (REAPI 2.1+) is read from them alone; otherwise from `output_files` and
+/// `output_directories`, which Bazel 4 sends.
+fn resolve_paths(c: &Command) -> Result<(PathBuf, Vec<OutputPath>)> {
+    let wd = paths::relative_path(&c.working_directory, "working_directory", true)?;
+    let declared: Vec<(&String, OutputKind)> = if c.output_paths.is_empty() {
+        let files = c.output_files.iter().map(|p| (p, OutputKind::File));
+        files.chain(c.output_directories.iter().map(|p| (p, OutputKind::Directory))).collect()
+    } else {
+        c.output_paths.iter().map(|p| (p, OutputKind::Any)).collect()
+    };
+    let mut outputs = Vec::with_capacity(declared.len());
+    for (path, kind) in declared {
+        let (what, allow_empty) = match kind {
+            OutputKind::Any => ("output path", false),
+            OutputKind::File => ("output file", false),
+            OutputKind::Directory => ("output directory", true),
+        };
+        let relative = wd.join(paths::relative_path(path, what, allow_empty)?);
+        outputs.push(OutputPath { path: path.clone(), relative, kind });
+    }
+    Ok((wd, outputs))
 }
 
 fn validate_command(c: &Command) -> Result<()> {
     if c.arguments.is_empty() || c.arguments[0].is_empty() {
         return Err(Error::InvalidArgument("Command.arguments is empty: nothing to run".into()));
-    }
-    paths::relative_path(&c.working_directory, "working_directory", true)?;
-    for p in &c.output_paths {
-        paths::relative_path(p, "output path", false)?;
-    }
-    for p in &c.output_files {
-        paths::relative_path(p, "output file", false)?;
-    }
-    for p in &c.output_directories {
-        paths::relative_path(p, "output directory", true)?;
     }
     for v in &c.environment_variables {
         if v.name.is_empty() || v.name.contains('=') || v.name.contains('\0') || v.value.contains('\0') {

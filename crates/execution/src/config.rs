@@ -1,10 +1,15 @@
-//! `[execution]`, `[execution.pool]` and `[[execution.pool.workers]]`.
+//! `[execution]`, `[execution.pool]` and `[[execution.pool.workers]]`:
+//! defaults (written once, in the `Default` impls), and `resolve`, the one
+//! pass that fills paths from the data directory and checks every value.
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use re_proto::ConfigError;
 use serde::Deserialize;
 
+use crate::docker::DockerWorkerConfig;
 use crate::platform::MatchMode;
+use crate::user::UserIds;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -17,87 +22,85 @@ pub enum ExecutionBackend {
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExecutionConfig {
-    #[serde(default)]
     pub backend: ExecutionBackend,
-    #[serde(default)]
     pub pool: PoolConfig,
 }
 
 impl ExecutionConfig {
-    /// Checks worker settings serde cannot: the first bad one as (key, reason),
-    /// the key spelled as in the file (`execution.pool.workers[1].memory_limit`).
-    pub fn check(&self) -> Result<(), (String, String)> {
-        for (i, w) in self.pool.workers.iter().enumerate() {
-            if let WorkerConfig::Docker(d) = w {
-                d.check().map_err(|(key, reason)| (format!("execution.pool.workers[{i}].{key}"), reason))?;
-            }
+    /// Fills defaults that depend on the data directory and the machine, and
+    /// checks every value; keys in errors are relative to `[execution]`.
+    pub fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self.backend == ExecutionBackend::None {
+            return Ok(());
         }
-        Ok(())
+        self.pool.resolve(data_dir).map_err(|e| e.within("pool"))
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Queued actions beyond this are refused with RESOURCE_EXHAUSTED.
-    #[serde(default = "d_queue")]
     pub max_queue_size: usize,
     /// Idle workers rescan the queue at least this often.
-    #[serde(default = "d_interval")]
     pub scheduler_interval_ms: u64,
     /// Used when the Action sets no timeout.
-    #[serde(default = "d_timeout")]
     pub default_task_timeout_seconds: u64,
     /// Actions asking for a longer timeout are rejected (the spec requires it).
-    #[serde(default = "d_max_timeout")]
     pub max_task_timeout_seconds: u64,
     /// Finished operations stay reachable (WaitExecution, GetOperation) this long.
-    #[serde(default = "d_ttl")]
     pub result_ttl_seconds: u64,
     /// An action nobody waits on any more is cancelled after this long.
-    #[serde(default = "d_grace")]
     pub abandon_grace_seconds: u64,
     /// Per-property match mode: `exact` (default), `minimum`, `ignore`.
-    #[serde(default)]
     pub platform_match: HashMap<String, MatchMode>,
     /// Worker groups; without any, one host group with one worker per CPU.
-    #[serde(default)]
     pub workers: Vec<WorkerConfig>,
-}
-
-fn d_queue() -> usize {
-    1000
-}
-fn d_interval() -> u64 {
-    100
-}
-fn d_timeout() -> u64 {
-    3600
-}
-fn d_max_timeout() -> u64 {
-    24 * 3600
-}
-fn d_ttl() -> u64 {
-    300
-}
-fn d_grace() -> u64 {
-    60
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            max_queue_size: d_queue(),
-            scheduler_interval_ms: d_interval(),
-            default_task_timeout_seconds: d_timeout(),
-            max_task_timeout_seconds: d_max_timeout(),
-            result_ttl_seconds: d_ttl(),
-            abandon_grace_seconds: d_grace(),
+            max_queue_size: 1000,
+            scheduler_interval_ms: 100,
+            default_task_timeout_seconds: 3600,
+            max_task_timeout_seconds: 24 * 3600,
+            result_ttl_seconds: 300,
+            abandon_grace_seconds: 60,
             platform_match: HashMap::new(),
             workers: Vec::new(),
         }
+    }
+}
+
+impl PoolConfig {
+    fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self.scheduler_interval_ms == 0 {
+            return Err(ConfigError::new("scheduler_interval_ms", "must be at least 1"));
+        }
+        if self.default_task_timeout_seconds == 0 {
+            return Err(ConfigError::new("default_task_timeout_seconds", "must be at least 1"));
+        }
+        if self.max_task_timeout_seconds < self.default_task_timeout_seconds {
+            return Err(ConfigError::new(
+                "max_task_timeout_seconds",
+                format!("must not be below default_task_timeout_seconds ({})", self.default_task_timeout_seconds),
+            ));
+        }
+        if self.workers.is_empty() {
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            self.workers.push(WorkerConfig::Host(HostWorkerConfig { count: cpus, ..Default::default() }));
+        }
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            let resolved = match w {
+                WorkerConfig::Host(h) => h.resolve(data_dir),
+                WorkerConfig::Docker(d) => d.resolve(data_dir),
+            };
+            resolved.map_err(|e| e.within(&format!("workers[{i}]")))?;
+        }
+        Ok(())
     }
 }
 
@@ -105,50 +108,73 @@ impl Default for PoolConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WorkerConfig {
     Host(HostWorkerConfig),
-    Docker(crate::docker_config::DockerWorkerConfig),
+    Docker(DockerWorkerConfig),
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HostWorkerConfig {
-    #[serde(default = "d_count")]
     pub count: usize,
-    /// Parent of the per-action directories; defaults to `<data_dir>/work`.
-    pub work_dir: Option<PathBuf>,
+    /// Parent of the per-action directories; unset (empty) means `<data_dir>/work`.
+    pub work_dir: PathBuf,
     /// Server environment variables an action may see (besides its own).
-    #[serde(default = "d_env")]
     pub env_whitelist: Vec<String>,
     pub run_as_user: Option<String>,
     pub run_as_group: Option<String>,
     /// Added to what the worker advertises.
-    #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Hard-link inputs from a filesystem CAS instead of copying them.
-    #[serde(default = "d_true")]
     pub link_inputs: bool,
+    /// `run_as_user` / `run_as_group` looked up by `resolve`.
+    #[serde(skip)]
+    user: Option<UserIds>,
 }
 
-fn d_count() -> usize {
-    1
-}
-fn d_env() -> Vec<String> {
-    ["PATH", "HOME", "USER", "TMPDIR"].iter().map(|s| s.to_string()).collect()
-}
-fn d_true() -> bool {
-    true
-}
-
-impl HostWorkerConfig {
-    /// The embedded default: one host worker per CPU.
-    pub fn default_for_cpus() -> Self {
+impl Default for HostWorkerConfig {
+    fn default() -> Self {
         Self {
-            count: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            work_dir: None,
-            env_whitelist: d_env(),
+            count: 1,
+            work_dir: PathBuf::new(),
+            env_whitelist: ["PATH", "HOME", "USER", "TMPDIR"].iter().map(|s| s.to_string()).collect(),
             run_as_user: None,
             run_as_group: None,
             properties: BTreeMap::new(),
             link_inputs: true,
+            user: None,
         }
+    }
+}
+
+impl HostWorkerConfig {
+    /// The user actions run as (after `resolve`).
+    pub fn user_ids(&self) -> Option<UserIds> {
+        self.user
+    }
+
+    fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self.work_dir.as_os_str().is_empty() {
+            self.work_dir = data_dir.join("work");
+        }
+        let Some(name) = &self.run_as_user else {
+            return match self.run_as_group {
+                Some(_) => Err(ConfigError::new("run_as_group", "needs run_as_user (the user actions run as)")),
+                None => Ok(()),
+            };
+        };
+        let ids = crate::user::resolve(name, self.run_as_group.as_deref())?;
+        if let Some(blocked) = crate::user::unreachable_dir(&self.work_dir, ids) {
+            return Err(ConfigError::new(
+                "work_dir",
+                format!(
+                    "{} is out of reach of run_as_user '{name}' (uid {}): it cannot enter {}; \
+                     choose a work_dir that user can reach",
+                    self.work_dir.display(),
+                    ids.uid,
+                    blocked.display()
+                ),
+            ));
+        }
+        self.user = Some(ids);
+        Ok(())
     }
 }

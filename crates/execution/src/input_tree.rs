@@ -104,11 +104,19 @@ pub enum LinkMode {
     Copy,
 }
 
-/// Creates `tree` under `dest` (which must exist). Blobs gone from the CAS
-/// are reported as MissingBlobs so the client re-uploads them.
-pub async fn materialise(cas: &Arc<dyn BlobStore>, tree: &InputTree, dest: &Path, mode: LinkMode) -> Result<()> {
-    // Files with a path in the CAS are linked or copied in one blocking batch;
-    // the rest (memory CAS) are fetched and written.
+/// Where each input file's bytes come from, found before anything is made.
+pub struct LocatedInputs {
+    dirs: Vec<PathBuf>,
+    /// Files the CAS keeps as files: linked or copied from there.
+    local: Vec<(PathBuf, InputFile)>,
+    /// Files of a CAS without files (memory): their bytes.
+    fetched: Vec<(bytes::Bytes, InputFile)>,
+    symlinks: Vec<(PathBuf, String)>,
+}
+
+/// Finds every input file's bytes. Blobs gone from the CAS are reported as
+/// MissingBlobs so the client re-uploads them.
+pub async fn locate(cas: &Arc<dyn BlobStore>, tree: &InputTree) -> Result<LocatedInputs> {
     let mut local = Vec::new();
     let mut fetched = Vec::new();
     let mut missing = Vec::new();
@@ -130,15 +138,17 @@ pub async fn materialise(cas: &Arc<dyn BlobStore>, tree: &InputTree, dest: &Path
             blobs: missing,
         });
     }
-    let dest = dest.to_path_buf();
-    let dirs = tree.dirs.clone();
-    let symlinks = tree.symlinks.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    Ok(LocatedInputs { dirs: tree.dirs.clone(), local, fetched, symlinks: tree.symlinks.clone() })
+}
+
+impl LocatedInputs {
+    /// Creates the tree under `dest` (which must exist); blocking.
+    pub fn place(&self, dest: &Path, mode: LinkMode) -> Result<()> {
         let io = |what: &Path, e: std::io::Error| Error::io(format!("materialising input {}", what.display()), e);
-        for d in &dirs {
+        for d in &self.dirs {
             std::fs::create_dir_all(dest.join(d)).map_err(|e| io(d, e))?;
         }
-        for (src, f) in &local {
+        for (src, f) in &self.local {
             let target = dest.join(&f.path);
             let linked = mode == LinkMode::HardLink && !f.executable && std::fs::hard_link(src, &target).is_ok();
             if !linked {
@@ -147,17 +157,15 @@ pub async fn materialise(cas: &Arc<dyn BlobStore>, tree: &InputTree, dest: &Path
                 std::fs::set_permissions(&target, std::fs::Permissions::from_mode(perm)).map_err(|e| io(&f.path, e))?;
             }
         }
-        for (data, f) in &fetched {
+        for (data, f) in &self.fetched {
             let target = dest.join(&f.path);
             std::fs::write(&target, data).map_err(|e| io(&f.path, e))?;
             let perm = if f.executable { 0o555 } else { 0o444 };
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(perm)).map_err(|e| io(&f.path, e))?;
         }
-        for (link, target) in &symlinks {
+        for (link, target) in &self.symlinks {
             std::os::unix::fs::symlink(target, dest.join(link)).map_err(|e| io(link, e))?;
         }
         Ok(())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("materialise task failed: {e}")))?
+    }
 }

@@ -4,8 +4,11 @@
 //! Request flow: `ExecutionService::execute` → `Scheduler::execute` (cache
 //! lookup, dedup, `action::prepare`, platform check in `platform.rs`, pin
 //! inputs, queue) → a worker task takes it (`queue.rs` order) →
-//! `Worker::run` (`host_worker.rs`) → `Scheduler::finish` (action cache,
-//! operation completed) → the Execute stream sends the final Operation.
+//! `Worker::run`: the action frame (`run_frame.rs`: directory, inputs,
+//! launch, outputs, timestamps) around a launcher, either a host process
+//! (`host_worker.rs`) or a container (`docker/`: warm exec or fresh
+//! container, mount or archive file transfer) → `Scheduler::finish` (action
+//! cache, operation completed) → the Execute stream sends the final Operation.
 
 // Bazel 4 sends Command.platform, output_files and output_directories, which
 // REAPI 2.1/2.2 deprecated; serving those clients means reading them.
@@ -13,9 +16,7 @@
 
 pub mod action;
 pub mod config;
-pub mod docker_archive;
-pub mod docker_config;
-pub mod docker_worker;
+pub mod docker;
 pub mod execution_service;
 pub mod host_worker;
 pub mod input_tree;
@@ -26,6 +27,7 @@ pub mod paths;
 pub mod platform;
 pub mod pool;
 pub mod queue;
+pub mod run_frame;
 pub mod scheduler;
 pub mod user;
 pub mod worker;

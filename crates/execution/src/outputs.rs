@@ -10,32 +10,29 @@ use bytes::Bytes;
 use prost::Message;
 use re_cas::BlobStore;
 use re_proto::reapi::{
-    ActionResult, Command, Directory, DirectoryNode, ExecutedActionMetadata, FileNode, OutputDirectory, OutputFile,
-    OutputSymlink, SymlinkNode, Tree,
+    ActionResult, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile, OutputSymlink, SymlinkNode, Tree,
 };
 use re_proto::{DigestInfo, Error, Result};
 
+use crate::action::{OutputKind, OutputPath, PreparedAction};
 use crate::paths;
+use crate::run_frame::ActionDir;
 
 /// The result of a finished process: its outputs (only if it ran to the end:
-/// `ran_to_end`), stdout and stderr stored in the CAS, upload timestamps set.
+/// `ran_to_end`), stdout and stderr stored in the CAS.
 pub async fn action_result(
     cas: &Arc<dyn BlobStore>,
-    exec_root: &Path,
-    command: &Command,
+    dir: &ActionDir,
+    job: &PreparedAction,
     exit_code: i32,
     ran_to_end: bool,
-    (stdout, stderr): (&Path, &Path),
-    meta: &mut ExecutedActionMetadata,
 ) -> Result<ActionResult> {
-    meta.output_upload_start_timestamp = Some(std::time::SystemTime::now().into());
     let mut result = ActionResult { exit_code, ..Default::default() };
     if ran_to_end {
-        collect(cas, exec_root, command, &mut result).await?;
+        collect(cas, &dir.root, &job.outputs, &mut result).await?;
     }
-    result.stdout_digest = Some(upload_file(cas, stdout).await?.into());
-    result.stderr_digest = Some(upload_file(cas, stderr).await?.into());
-    meta.output_upload_completed_timestamp = Some(std::time::SystemTime::now().into());
+    result.stdout_digest = Some(upload_file(cas, &dir.stdout).await?.into());
+    result.stderr_digest = Some(upload_file(cas, &dir.stderr).await?.into());
     Ok(result)
 }
 
@@ -158,44 +155,30 @@ async fn probe(exec_root: &Path, full: &Path, shown: &str, keep_symlinks: bool) 
 }
 
 /// Fills the output fields of `result` from what the action left in `exec_root`.
-/// Output paths are relative to the Command's working directory.
 pub async fn collect(
     cas: &Arc<dyn BlobStore>,
     exec_root: &Path,
-    command: &Command,
+    outputs: &[OutputPath],
     result: &mut ActionResult,
 ) -> Result<()> {
     let exec_root = std::fs::canonicalize(exec_root).map_err(|e| Error::io("resolving action directory", e))?;
-    let wd = exec_root.join(paths::relative_path(&command.working_directory, "working_directory", true)?);
-    if !command.output_paths.is_empty() {
-        // REAPI v2.1+: one list; the type is whatever the action produced.
-        for p in &command.output_paths {
-            let full = wd.join(paths::relative_path(p, "output path", false)?);
-            match probe(&exec_root, &full, p, true).await? {
-                Found::Nothing => {}
-                Found::File(real, exec) => result.output_files.push(output_file(cas, &real, p, exec).await?),
-                Found::Dir(real) => result.output_directories.push(output_directory(cas, &exec_root, &real, p).await?),
-                Found::Symlink(target) => {
-                    result.output_symlinks.push(OutputSymlink { path: p.clone(), target, node_properties: None })
-                }
+    for out in outputs {
+        let full = exec_root.join(&out.relative);
+        let p = &out.path;
+        let found = probe(&exec_root, &full, p, out.kind == OutputKind::Any).await?;
+        match (found, out.kind) {
+            (Found::Nothing, _) => {}
+            (Found::File(real, exec), OutputKind::Any | OutputKind::File) => {
+                result.output_files.push(output_file(cas, &real, p, exec).await?)
             }
-        }
-        return Ok(());
-    }
-    for p in &command.output_files {
-        let full = wd.join(paths::relative_path(p, "output file", false)?);
-        match probe(&exec_root, &full, p, false).await? {
-            Found::File(real, exec) => result.output_files.push(output_file(cas, &real, p, exec).await?),
-            Found::Nothing => {}
-            _ => return Err(Error::InvalidArgument(format!("output file '{p}' is a directory"))),
-        }
-    }
-    for p in &command.output_directories {
-        let full = wd.join(paths::relative_path(p, "output directory", true)?);
-        match probe(&exec_root, &full, p, false).await? {
-            Found::Dir(real) => result.output_directories.push(output_directory(cas, &exec_root, &real, p).await?),
-            Found::Nothing => {}
-            _ => return Err(Error::InvalidArgument(format!("output directory '{p}' is a file"))),
+            (Found::Dir(real), OutputKind::Any | OutputKind::Directory) => {
+                result.output_directories.push(output_directory(cas, &exec_root, &real, p).await?)
+            }
+            (Found::Symlink(target), _) => {
+                result.output_symlinks.push(OutputSymlink { path: p.clone(), target, node_properties: None })
+            }
+            (Found::Dir(_), _) => return Err(Error::InvalidArgument(format!("output file '{p}' is a directory"))),
+            (Found::File(..), _) => return Err(Error::InvalidArgument(format!("output directory '{p}' is a file"))),
         }
     }
     Ok(())
@@ -212,16 +195,15 @@ async fn output_file(cas: &Arc<dyn BlobStore>, real: &Path, shown: &str, executa
     })
 }
 
-/// Creates the parent directories of every declared output (the spec makes
-/// this the server's job) and the working directory.
-pub fn create_output_parents(exec_root: &Path, command: &Command) -> Result<()> {
-    let wd = exec_root.join(paths::relative_path(&command.working_directory, "working_directory", true)?);
+/// Creates the working directory and the parent directories of every
+/// declared output (the spec makes this the server's job).
+pub fn create_output_parents(exec_root: &Path, working_directory: &Path, outputs: &[OutputPath]) -> Result<()> {
+    let wd = exec_root.join(working_directory);
     std::fs::create_dir_all(&wd).map_err(|e| Error::io("creating working directory", e))?;
-    let all = command.output_paths.iter().chain(&command.output_files).chain(&command.output_directories);
-    for p in all {
-        let rel = paths::relative_path(p, "output path", true)?;
-        if let Some(parent) = wd.join(rel).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating parent of output {p}"), e))?;
+    for out in outputs {
+        if let Some(parent) = exec_root.join(&out.relative).parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating parent of output {}", out.path), e))?;
         }
     }
     Ok(())

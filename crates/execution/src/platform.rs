@@ -79,7 +79,7 @@ impl PlatformMatcher {
     /// no worker offers at all, or, if each is offered somewhere, all of them.
     pub fn never_matchable<'a>(
         &self,
-        workers: &[Properties],
+        workers: &[&Properties],
         wanted: &'a [(String, String)],
     ) -> Option<Vec<&'a (String, String)>> {
         if workers.iter().any(|w| self.matches(w, wanted)) {
@@ -153,8 +153,8 @@ mod tests {
         let wanted = props(&[("container-image", "docker://ubuntu:22.04"), ("dockerNetwork", "off")]);
         assert!(m.matches(&docker, &wanted));
         assert!(!m.matches(&host, &wanted), "a worker without the key never matches it");
-        assert!(m.never_matchable(&[host.clone(), docker.clone()], &wanted).is_none());
-        assert!(m.never_matchable(&[host], &wanted).is_some());
+        assert!(m.never_matchable(&[&host, &docker], &wanted).is_none());
+        assert!(m.never_matchable(&[&host], &wanted).is_some());
         // Only the worker side is a wildcard: an action asking for `*` wants that literal value.
         assert!(!m.matches(&props(&[("pool", "a")]), &props(&[("pool", "*")])));
         // Minimum and ignore modes are unchanged.
@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn never_matchable_names_the_culprits() {
         let m = PlatformMatcher::default();
-        let workers = vec![props(&[("pool", "a"), ("OSFamily", "linux")]), props(&[("pool", "b")])];
+        let (a, b) = (props(&[("pool", "a"), ("OSFamily", "linux")]), props(&[("pool", "b")]));
+        let workers = vec![&a, &b];
         assert!(m.never_matchable(&workers, &props(&[("pool", "b")])).is_none());
         let wanted = props(&[("pool", "a"), ("container-image", "x")]);
         let blame = m.never_matchable(&workers, &wanted).unwrap();

@@ -129,6 +129,8 @@ mod tests {
                 platform: platform.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 timeout: Duration::from_secs(1),
                 blobs: vec![],
+                working_directory: Default::default(),
+                outputs: vec![],
             }),
             priority,
             invocation: invocation.into(),

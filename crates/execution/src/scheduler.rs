@@ -7,8 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use prost::Message;
-use re_action_cache::service::lookup_complete;
 use re_action_cache::ActionCacheStore;
 use re_cas::BlobStore;
 use re_proto::error::ok_status;
@@ -24,13 +22,19 @@ use crate::platform::{PlatformMatcher, Properties};
 use crate::queue::{Queue, QueuedJob};
 use crate::worker::Worker;
 
+/// One worker as the scheduler sees it.
+struct WorkerSlot {
+    worker: Arc<dyn Worker>,
+    /// Whether its last health check passed.
+    healthy: AtomicBool,
+}
+
 pub struct Scheduler {
     cas: Arc<dyn BlobStore>,
+    /// Completeness-checked: a hit's outputs are all in the CAS.
     ac: Arc<dyn ActionCacheStore>,
     matcher: PlatformMatcher,
-    worker_properties: Vec<Properties>,
-    /// Per worker (same order): its id and whether its last health check passed.
-    worker_health: Vec<(String, Arc<AtomicBool>)>,
+    workers: Vec<Arc<WorkerSlot>>,
     queue: Mutex<Queue>,
     wakeup: Notify,
     operations: DashMap<String, Arc<Operation>>,
@@ -56,8 +60,10 @@ impl Scheduler {
             cas,
             ac,
             matcher: PlatformMatcher::new(config.platform_match.clone()),
-            worker_properties: workers.iter().map(|w| w.properties().clone()).collect(),
-            worker_health: workers.iter().map(|w| (w.id().to_string(), Arc::new(AtomicBool::new(true)))).collect(),
+            workers: workers
+                .into_iter()
+                .map(|worker| Arc::new(WorkerSlot { worker, healthy: AtomicBool::new(true) }))
+                .collect(),
             queue: Mutex::new(Queue::default()),
             wakeup: Notify::new(),
             operations: DashMap::new(),
@@ -69,8 +75,8 @@ impl Scheduler {
             result_ttl: Duration::from_secs(config.result_ttl_seconds),
             abandon_grace: Duration::from_secs(config.abandon_grace_seconds),
         });
-        for (w, (_, healthy)) in workers.into_iter().zip(sched.worker_health.iter()) {
-            tokio::spawn(Self::worker_loop(Arc::downgrade(&sched), w, healthy.clone()));
+        for slot in &sched.workers {
+            tokio::spawn(Self::worker_loop(Arc::downgrade(&sched), slot.clone()));
         }
         tokio::spawn(Self::janitor(Arc::downgrade(&sched)));
         sched
@@ -94,7 +100,7 @@ impl Scheduler {
     pub async fn execute(&self, req: &ExecuteRequest, invocation: String) -> Result<Arc<Operation>> {
         let digest = DigestInfo::try_from(req.action_digest.as_ref())?;
         if !req.skip_cache_lookup {
-            if let Some(result) = lookup_complete(self.ac.as_ref(), self.cas.as_ref(), digest).await? {
+            if let Some(result) = self.ac.get(digest).await? {
                 debug!(action = %digest, "Execute served from the action cache");
                 let op = Operation::new(digest);
                 op.complete(ExecuteResponse {
@@ -115,10 +121,13 @@ impl Scheduler {
         }
 
         let job = prepare(self.cas.as_ref(), digest, self.default_timeout, self.max_timeout).await?;
-        if let Some(blame) = self.matcher.never_matchable(&self.worker_properties, &job.platform) {
+        let offered: Vec<&Properties> = self.workers.iter().map(|w| w.worker.properties()).collect();
+        if let Some(blame) = self.matcher.never_matchable(&offered, &job.platform) {
             let wanted: Vec<String> = blame.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Err(Error::FailedPrecondition(format!(
-                "no configured worker can run this action: no worker offers {}; check --remote_default_exec_properties / exec_properties against [[execution.pool.workers]] properties",
+                "no configured worker can run this action: no worker offers {}; compare the action's platform \
+                 properties (e.g. Bazel's --remote_default_exec_properties or exec_properties) with the \
+                 properties of [[execution.pool.workers]]",
                 wanted.join(", ")
             )));
         }
@@ -204,11 +213,12 @@ impl Scheduler {
         WaiterGuard { op, sched: Arc::downgrade(self) }
     }
 
-    async fn worker_loop(sched: Weak<Self>, worker: Arc<dyn Worker>, healthy: Arc<AtomicBool>) {
+    async fn worker_loop(sched: Weak<Self>, slot: Arc<WorkerSlot>) {
+        let worker = &slot.worker;
         loop {
             let Some(s) = sched.upgrade() else { return };
             let ok = worker.is_healthy().await;
-            healthy.store(ok, Ordering::Relaxed);
+            slot.healthy.store(ok, Ordering::Relaxed);
             if !ok {
                 let pause = s.interval * 10;
                 drop(s);
@@ -240,10 +250,7 @@ impl Scheduler {
         }
         op.set_executing();
         debug!(action = %job.action_digest, operation = %op.name, worker = worker.id(), "action started");
-        let mut outcome = worker.run(&job, op.cancel.clone()).await;
-        if let Some(meta) = outcome.result.execution_metadata.as_mut() {
-            meta.queued_timestamp = Some(queued_at.into());
-        }
+        let outcome = worker.run(&job, queued_at, op.cancel.clone()).await;
         debug!(
             action = %job.action_digest,
             worker = worker.id(),
@@ -267,7 +274,7 @@ impl Scheduler {
             if let Some(r) = &result {
                 let digest = job.action_digest;
                 // Written before the operation completes so a following lookup hits.
-                if let Err(e) = self.ac.put(digest, r.encode_to_vec().into()).await {
+                if let Err(e) = self.ac.put(digest, r).await {
                     warn!(action = %digest, error = %e, "could not cache action result");
                 }
             }
@@ -306,10 +313,9 @@ impl Scheduler {
     /// wait for a busy but healthy pool keep waiting.
     async fn fail_stranded(&self) {
         let healthy = |props: &Properties| {
-            self.worker_properties
+            self.workers
                 .iter()
-                .zip(&self.worker_health)
-                .any(|(p, (_, ok))| ok.load(Ordering::Relaxed) && self.matcher.matches(p, props))
+                .any(|w| w.healthy.load(Ordering::Relaxed) && self.matcher.matches(w.worker.properties(), props))
         };
         let stranded = self
             .queue
@@ -318,11 +324,10 @@ impl Scheduler {
         for name in stranded {
             let Some(item) = self.queue.lock().remove(&name) else { continue };
             let down: Vec<&str> = self
-                .worker_properties
+                .workers
                 .iter()
-                .zip(&self.worker_health)
-                .filter(|(p, _)| self.matcher.matches(p, &item.job.platform))
-                .map(|(_, (id, _))| id.as_str())
+                .filter(|w| self.matcher.matches(w.worker.properties(), &item.job.platform))
+                .map(|w| w.worker.id())
                 .collect();
             let error = Error::DeadlineExceeded(format!(
                 "action waited {}s (its timeout) in the queue and no healthy worker could run it; the workers that match it are unavailable: {}",

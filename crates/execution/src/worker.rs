@@ -1,8 +1,9 @@
-//! What the scheduler needs from a worker, whatever runs the process.
-use async_trait::async_trait;
-use std::time::Duration;
+//! What the scheduler needs from a worker, whatever runs the process. Every
+//! worker is an [`crate::run_frame::ActionFrame`] around a launcher.
+use std::time::SystemTime;
 
-use re_proto::reapi::{ActionResult, ExecutedActionMetadata};
+use async_trait::async_trait;
+use re_proto::reapi::ActionResult;
 use re_proto::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -24,14 +25,6 @@ pub trait Worker: Send + Sync + 'static {
     async fn is_healthy(&self) -> bool {
         true
     }
-    /// Runs one action; must stop promptly when `cancel` fires.
-    async fn run(&self, job: &PreparedAction, cancel: CancellationToken) -> RunOutcome;
-}
-
-/// Sets `virtual_execution_duration` from the execution timestamps.
-pub fn set_virtual_duration(meta: &mut ExecutedActionMetadata) {
-    let d = |t: &prost_types::Timestamp| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
-    if let (Some(s), Some(e)) = (&meta.execution_start_timestamp, &meta.execution_completed_timestamp) {
-        meta.virtual_execution_duration = d(e).checked_sub(d(s)).and_then(|d| prost_types::Duration::try_from(d).ok());
-    }
+    /// Runs one action queued at `queued_at`; must stop promptly when `cancel` fires.
+    async fn run(&self, job: &PreparedAction, queued_at: SystemTime, cancel: CancellationToken) -> RunOutcome;
 }

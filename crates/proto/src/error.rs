@@ -81,6 +81,14 @@ impl Error {
     }
 }
 
+/// A blocking task that panicked or was cancelled (runtime shutdown): the
+/// request it served cannot finish, so the client sees INTERNAL.
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Internal(format!("a background task of the server failed: {e}"))
+    }
+}
+
 const fn libc_enospc() -> i32 {
     28 // ENOSPC on Linux
 }

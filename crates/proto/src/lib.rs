@@ -2,9 +2,11 @@
 //! other crate shares: [`DigestInfo`] and the one [`Error`] type that maps to
 //! `tonic::Status`.
 
+pub mod config_error;
 pub mod digest;
 pub mod error;
 
+pub use config_error::ConfigError;
 pub use digest::DigestInfo;
 pub use error::{Error, Result};
 

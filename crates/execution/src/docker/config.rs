@@ -23,9 +23,9 @@
 //! read_only = true
 //! ```
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use re_proto::{Error, Result};
+use re_proto::ConfigError;
 use serde::Deserialize;
 
 /// Where the container's network comes from (Docker's HostConfig.NetworkMode).
@@ -73,22 +73,19 @@ pub struct DockerVolume {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DockerWorkerConfig {
-    #[serde(default = "d_count")]
     pub count: usize,
     /// The image for actions without a `container-image` property.
     pub image: String,
     /// Pull the image before creating each container (bounded by a timeout);
     /// false: the image must already be on the engine.
-    #[serde(default)]
     pub always_pull: bool,
     /// CPU cores per container (HostConfig.NanoCpus).
     pub cpu_limit: Option<f64>,
     /// Bytes of memory per container (Memory; MemorySwap is set equal, so no swap).
     pub memory_limit: Option<u64>,
     /// The most network an action may get; see `docker_worker` for `dockerNetwork`.
-    #[serde(default)]
     pub network_mode: NetworkMode,
     /// `user[:group]` (names or ids, as `docker run --user`); unset = the image's user.
     pub user: Option<String>,
@@ -103,54 +100,67 @@ pub struct DockerWorkerConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Parent of the per-worker directories bind-mounted into containers;
-    /// defaults to `<data_dir>/work`. The engine must see the same filesystem.
-    pub work_dir: Option<PathBuf>,
+    /// unset (empty) means `<data_dir>/work`. In `mount` mode the engine
+    /// must see the same filesystem.
+    pub work_dir: PathBuf,
     /// Server environment variables passed into the container (besides the
     /// image's environment and the action's own variables). Default: none.
-    #[serde(default)]
     pub env_whitelist: Vec<String>,
     /// Added to what the worker advertises.
-    #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// A warm container is replaced after this many actions.
-    #[serde(default = "d_tasks_max")]
     pub tasks_max: u64,
     /// A warm container unused this long is removed.
-    #[serde(default = "d_idle")]
     pub seconds_idle: u64,
     /// true: one started container per worker, each action runs via `exec`;
     /// false: a fresh container per action, removed afterwards.
-    #[serde(default = "d_true")]
     pub warm: bool,
     /// Unset: `mount` for a local socket, `archive` for a tcp:// engine.
     pub file_transfer: Option<FileTransfer>,
-    #[serde(default)]
     pub volumes: Vec<DockerVolume>,
 }
 
-fn d_count() -> usize {
-    1
-}
-fn d_tasks_max() -> u64 {
-    100
-}
-fn d_idle() -> u64 {
-    300
-}
-fn d_true() -> bool {
-    true
+impl Default for DockerWorkerConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            image: String::new(),
+            always_pull: false,
+            cpu_limit: None,
+            memory_limit: None,
+            network_mode: NetworkMode::None,
+            user: None,
+            allowed_images: None,
+            docker_host: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            work_dir: PathBuf::new(),
+            env_whitelist: Vec::new(),
+            properties: BTreeMap::new(),
+            tasks_max: 100,
+            seconds_idle: 300,
+            warm: true,
+            file_transfer: None,
+            volumes: Vec::new(),
+        }
+    }
 }
 
 impl DockerWorkerConfig {
-    /// Checks what serde cannot, so a bad config stops the server at start.
-    pub fn validate(&self) -> Result<()> {
-        self.check().map_err(|(key, reason)| Error::InvalidArgument(format!("docker worker: {key}: {reason}")))
+    /// Fills unset paths from the data directory and checks what serde
+    /// cannot, so a bad config stops the server at start.
+    pub fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
+        if self.work_dir.as_os_str().is_empty() {
+            self.work_dir = data_dir.join("work");
+        }
+        self.check().map_err(|(key, reason)| ConfigError::new(key, reason))
     }
 
     /// The first bad value as (key, reason).
-    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
+    fn check(&self) -> Result<(), (&'static str, String)> {
         if self.image.trim().is_empty() {
-            return Err(("image", "must not be empty".into()));
+            return Err(("image", "must be set: the image for actions that name no container-image".into()));
         }
         if let Some(c) = self.cpu_limit {
             if !(c.is_finite() && c > 0.0) {
@@ -212,27 +222,12 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> std::result::Result<DockerWorkerConfig, String> {
-        toml_like(s)
-    }
-
-    // The crate has no TOML dependency; serde's value deserializer stands in.
-    fn toml_like(s: &str) -> std::result::Result<DockerWorkerConfig, String> {
-        use serde::de::value::{Error as DeError, MapDeserializer};
-        let pairs: Vec<(String, String)> = s
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').unwrap();
-                (k.trim().to_string(), v.trim().to_string())
-            })
-            .collect();
-        let de = MapDeserializer::<_, DeError>::new(pairs.into_iter());
-        DockerWorkerConfig::deserialize(de).map_err(|e| e.to_string())
+        toml::from_str(s).map_err(|e| e.to_string())
     }
 
     #[test]
     fn defaults_and_unknown_keys() {
-        let c = parse("image = busybox").unwrap();
+        let c = parse("image = \"busybox\"").unwrap();
         assert_eq!(c.count, 1);
         assert!(c.warm);
         assert_eq!(c.tasks_max, 100);
@@ -245,32 +240,32 @@ mod tests {
         assert_eq!(remote.transfer(), FileTransfer::Archive, "a tcp engine cannot see our files");
         remote.file_transfer = Some(FileTransfer::Mount);
         assert_eq!(remote.transfer(), FileTransfer::Mount);
-        assert!(c.validate().is_ok());
-        let err = parse("image = busybox\nnetwork = host").unwrap_err();
+        assert!(c.check().is_ok());
+        let err = parse("image = \"busybox\"\nnetwork = \"host\"").unwrap_err();
         assert!(err.contains("unknown field"), "{err}");
-        assert!(parse("always_pull = x").is_err(), "image is required");
+        assert_eq!(parse("user = \"bob\"").unwrap().check().unwrap_err().0, "image", "image is required");
     }
 
     #[test]
     fn validation() {
-        let mut c = parse("image = busybox").unwrap();
+        let mut c = parse("image = \"busybox\"").unwrap();
         c.memory_limit = Some(1024);
-        assert!(c.validate().is_err());
+        assert!(c.check().is_err());
         c.memory_limit = Some(32 << 20);
         c.cpu_limit = Some(0.0);
-        assert!(c.validate().is_err());
+        assert!(c.check().is_err());
         c.cpu_limit = Some(0.5);
         c.tls_ca = Some("/ca.pem".into());
-        assert!(c.validate().is_err(), "tls files go together");
+        assert!(c.check().is_err(), "tls files go together");
         c.tls_ca = None;
         c.docker_host = Some("ssh://x".into());
-        assert!(c.validate().is_err());
+        assert!(c.check().is_err());
         c.docker_host = Some("tcp://10.0.0.1:2376".into());
-        assert!(c.validate().is_ok());
+        assert!(c.check().is_ok());
         c.volumes = vec![DockerVolume { host_path: "rel".into(), container_path: "/x".into(), read_only: true }];
-        assert!(c.validate().is_err());
+        assert!(c.check().is_err());
         c.volumes =
             vec![DockerVolume { host_path: "/a".into(), container_path: "/re-server/x".into(), read_only: false }];
-        assert!(c.validate().is_err());
+        assert!(c.check().is_err());
     }
 }

@@ -12,6 +12,9 @@ use futures::StreamExt;
 use re_proto::{Error, Result};
 use tokio::sync::mpsc;
 
+use super::spec::EXEC_ROOT;
+use crate::action::OutputPath;
+
 /// Bytes per message between the tar thread and the connection.
 const CHUNK: usize = 256 * 1024;
 
@@ -88,9 +91,26 @@ pub async fn upload_dir(docker: &Docker, container: &str, local_dir: PathBuf, to
     let body = bollard::body_try_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let opts = UploadToContainerOptionsBuilder::default().path("/").build();
     let sent = docker.upload_to_container(container, Some(opts), body).await;
-    let built = builder.await.map_err(|e| Error::Internal(format!("archive task failed: {e}")))?;
+    let built = builder.await?;
     sent.map_err(|e| Error::Unavailable(format!("uploading the action's inputs to the container: {e}")))?;
     built.map_err(|e| Error::io("packing the action's inputs", e))
+}
+
+/// Copies the declared outputs back under `local_root`, where `outputs.rs`
+/// finds them as it would in mount mode.
+pub async fn download_outputs(
+    docker: &Docker,
+    container: &str,
+    local_root: &Path,
+    outputs: &[OutputPath],
+) -> Result<()> {
+    for out in outputs {
+        let local = local_root.join(&out.relative);
+        let Some(parent) = local.parent() else { continue };
+        let remote = Path::new(EXEC_ROOT).join(&out.relative);
+        download(docker, container, &remote.display().to_string(), parent).await?;
+    }
+    Ok(())
 }
 
 /// Writes one small file `/<path>` in the container.
@@ -142,9 +162,6 @@ pub async fn download(docker: &Docker, container: &str, container_path: &str, lo
         }
     }
     drop(tx);
-    unpack
-        .await
-        .map_err(|e| Error::Internal(format!("archive task failed: {e}")))?
-        .map_err(|e| Error::io(format!("unpacking output {container_path}"), e))?;
+    unpack.await?.map_err(|e| Error::io(format!("unpacking output {container_path}"), e))?;
     Ok(true)
 }

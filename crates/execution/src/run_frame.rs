@@ -1,0 +1,253 @@
+//! The action frame: what every action goes through on any worker, in named
+//! phases, and the one place that stamps `ExecutedActionMetadata`.
+//!
+//! | phase     | what happens                                                   | timestamps            |
+//! |-----------|----------------------------------------------------------------|-----------------------|
+//! | plan      | the worker checks the action against its config (`Launcher::plan`) | queued, worker_start |
+//! | prepare   | fresh action directory, inputs materialised, output parents made, directory access for the action's user | input_fetch_*  |
+//! | stage     | whatever must exist before the process starts (`Launcher::stage`: a container, copied-in inputs) | |
+//! | execute   | launch and wait: the only part a worker must implement (`Launcher::run`) | execution_*  |
+//! | upload    | outputs brought back (`Launcher::retrieve`), stored in the CAS (`outputs.rs`) | output_upload_* |
+//! | cleanup   | `Launcher::release`, the action directory removed              | worker_completed, virtual duration |
+//!
+//! Timing, resource accounting and worker state are concerns of the frame,
+//! not of the workers: a new worker type implements [`Launcher`] and gets
+//! them all.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use re_cas::BlobStore;
+use re_proto::reapi::{ActionResult, ExecutedActionMetadata};
+use re_proto::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::action::PreparedAction;
+use crate::input_tree::{self, LinkMode};
+use crate::outputs;
+use crate::platform::Properties;
+use crate::user::UserIds;
+use crate::worker::{RunOutcome, Worker};
+
+/// Where one action's files are, on the machine that runs it.
+#[derive(Debug, Clone)]
+pub struct ActionDir {
+    /// The input root: inputs are placed here, outputs collected from here.
+    pub root: PathBuf,
+    /// Files the launcher writes the action's stdout and stderr to.
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// Removed (with everything below it) once the action is over.
+    pub scratch: PathBuf,
+}
+
+/// Who must be able to write in the action's directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirAccess {
+    /// The server's own user runs the action.
+    Server,
+    /// This user runs it: the directories become theirs.
+    Owner(UserIds),
+    /// A user the server cannot name (inside a container): world-writable.
+    Anyone,
+}
+
+/// How the action's process ended.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    /// Why it did not run to its end (timeout, cancellation, memory limit);
+    /// outputs are then not collected.
+    pub error: Option<Error>,
+}
+
+/// The worker-specific part of running an action.
+#[async_trait]
+pub trait Launcher: Send + Sync + 'static {
+    /// What the launcher decided about one action before anything was made.
+    type Plan: Send + Sync;
+    /// What `stage` made and `run`, `retrieve` and `release` use.
+    type Staged: Send;
+
+    fn id(&self) -> &str;
+    fn properties(&self) -> &Properties;
+    /// False while the launcher cannot take work (e.g. its engine is down).
+    async fn is_healthy(&self) -> bool {
+        true
+    }
+    /// Checks the action against the worker's configuration.
+    fn plan(&self, job: &PreparedAction) -> Result<Self::Plan>;
+    /// A directory for this action; it may exist already (it is emptied).
+    fn action_dir(&self) -> ActionDir;
+    fn link_mode(&self, plan: &Self::Plan) -> LinkMode;
+    fn dir_access(&self, plan: &Self::Plan) -> DirAccess;
+    /// Everything the process needs before it can start.
+    async fn stage(
+        &self,
+        plan: Self::Plan,
+        job: &PreparedAction,
+        dir: &ActionDir,
+        cancel: &CancellationToken,
+    ) -> Result<Self::Staged>;
+    /// Starts the process, writes its output to `dir.stdout` / `dir.stderr`
+    /// and waits for it; stops promptly on timeout or when `cancel` fires.
+    async fn run(
+        &self,
+        staged: &mut Self::Staged,
+        job: &PreparedAction,
+        dir: &ActionDir,
+        cancel: &CancellationToken,
+    ) -> Result<Exit>;
+    /// Makes the outputs visible under `dir.root` (after a clean exit).
+    async fn retrieve(&self, _staged: &mut Self::Staged, _job: &PreparedAction, _dir: &ActionDir) -> Result<()> {
+        Ok(())
+    }
+    /// Undoes what `stage` made that must not outlive the action.
+    async fn release(&self, _staged: Self::Staged) {}
+}
+
+/// A worker: one launcher in the frame.
+pub struct ActionFrame<L> {
+    launcher: L,
+    cas: Arc<dyn BlobStore>,
+}
+
+impl<L: Launcher> ActionFrame<L> {
+    pub fn new(launcher: L, cas: Arc<dyn BlobStore>) -> Self {
+        Self { launcher, cas }
+    }
+
+    pub fn launcher(&self) -> &L {
+        &self.launcher
+    }
+
+    /// Every phase from plan to upload; `meta` gets their timestamps.
+    async fn phases(
+        &self,
+        job: &PreparedAction,
+        dir: &ActionDir,
+        cancel: &CancellationToken,
+        meta: &mut ExecutedActionMetadata,
+    ) -> Result<(ActionResult, Option<Error>)> {
+        let plan = self.launcher.plan(job)?;
+
+        meta.input_fetch_start_timestamp = Some(now());
+        prepare(&self.cas, job, dir, self.launcher.link_mode(&plan), self.launcher.dir_access(&plan)).await?;
+        meta.input_fetch_completed_timestamp = Some(now());
+
+        let mut staged = self.launcher.stage(plan, job, dir, cancel).await?;
+        meta.execution_start_timestamp = Some(now());
+        let exit = self.launcher.run(&mut staged, job, dir, cancel).await;
+        meta.execution_completed_timestamp = Some(now());
+
+        let uploaded = match exit {
+            Ok(exit) => {
+                meta.output_upload_start_timestamp = Some(now());
+                let ran_to_end = exit.error.is_none();
+                let retrieved = match ran_to_end {
+                    true => self.launcher.retrieve(&mut staged, job, dir).await,
+                    false => Ok(()),
+                };
+                let result = match retrieved {
+                    Ok(()) => outputs::action_result(&self.cas, dir, job, exit.code, ran_to_end).await,
+                    Err(e) => Err(e),
+                };
+                meta.output_upload_completed_timestamp = Some(now());
+                result.map(|r| (r, exit.error))
+            }
+            Err(e) => Err(e),
+        };
+        self.launcher.release(staged).await;
+        uploaded
+    }
+}
+
+#[async_trait]
+impl<L: Launcher> Worker for ActionFrame<L> {
+    fn id(&self) -> &str {
+        self.launcher.id()
+    }
+
+    fn properties(&self) -> &Properties {
+        self.launcher.properties()
+    }
+
+    async fn is_healthy(&self) -> bool {
+        self.launcher.is_healthy().await
+    }
+
+    async fn run(&self, job: &PreparedAction, queued_at: SystemTime, cancel: CancellationToken) -> RunOutcome {
+        let mut meta = ExecutedActionMetadata {
+            worker: self.launcher.id().to_string(),
+            queued_timestamp: Some(queued_at.into()),
+            worker_start_timestamp: Some(now()),
+            ..Default::default()
+        };
+        let dir = self.launcher.action_dir();
+        let outcome = self.phases(job, &dir, &cancel, &mut meta).await;
+        remove_dir(dir.scratch).await;
+        meta.worker_completed_timestamp = Some(now());
+        meta.virtual_execution_duration = virtual_duration(&meta);
+        let (mut result, error) = match outcome {
+            Ok((r, e)) => (r, e),
+            Err(e) => (ActionResult::default(), Some(e)),
+        };
+        result.execution_metadata = Some(meta);
+        RunOutcome { result, error }
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    SystemTime::now().into()
+}
+
+/// The execution phase's length (REAPI 2.3's `virtual_execution_duration`).
+fn virtual_duration(meta: &ExecutedActionMetadata) -> Option<prost_types::Duration> {
+    let d = |t: &prost_types::Timestamp| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+    let (start, end) = (meta.execution_start_timestamp.as_ref()?, meta.execution_completed_timestamp.as_ref()?);
+    d(end).checked_sub(d(start)).and_then(|d| prost_types::Duration::try_from(d).ok())
+}
+
+/// The prepare phase: an empty `dir.root`, the inputs in it, the working
+/// directory and the outputs' parents made, and the directories opened to
+/// the action's user. Blobs are located first; the files are then made in
+/// one blocking task.
+async fn prepare(
+    cas: &Arc<dyn BlobStore>,
+    job: &PreparedAction,
+    dir: &ActionDir,
+    mode: LinkMode,
+    access: DirAccess,
+) -> Result<()> {
+    let inputs = input_tree::locate(cas, &job.inputs).await?;
+    let (root, wd, outputs) = (dir.root.clone(), job.working_directory.clone(), job.outputs.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        if std::fs::symlink_metadata(&root).is_ok() {
+            remove_tree(&root);
+        }
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("creating action directory", e))?;
+        inputs.place(&root, mode)?;
+        outputs::create_output_parents(&root, &wd, &outputs)?;
+        match access {
+            DirAccess::Server => Ok(()),
+            DirAccess::Owner(ids) => crate::user::chown_dirs(&root, ids),
+            DirAccess::Anyone => crate::user::open_dirs(&root),
+        }
+    })
+    .await?
+}
+
+/// Removes an action directory, even if the action made parts read-only.
+pub async fn remove_dir(dir: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || remove_tree(&dir)).await;
+}
+
+fn remove_tree(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_err() {
+        let _ = std::process::Command::new("chmod").arg("-R").arg("u+rwx").arg(dir).status();
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove action directory");
+        }
+    }
+}
