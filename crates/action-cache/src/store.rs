@@ -103,8 +103,8 @@ impl ActionCacheStore for FilesystemActionCache {
         let dest = self.path(&action);
         let tmp = self.root.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
         let data = result.encode_to_vec();
-        // One blocking task for the directory, the write and the rename.
-        tokio::task::spawn_blocking(move || {
+        // One blocking call for the directory, the write and the rename.
+        re_proto::blocking::run(move || {
             let io = |e| Error::io(format!("storing action result {action}"), e);
             std::fs::create_dir_all(dest.parent().expect("has parent")).map_err(io)?;
             std::fs::write(&tmp, &data).map_err(io)?;

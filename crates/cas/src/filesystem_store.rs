@@ -134,10 +134,14 @@ impl Shared {
         self.blobs_dir.join(hex).join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()))
     }
 
-    /// Renames a verified temporary file into place and indexes it.
-    async fn publish(self: &Arc<Self>, tmp: PathBuf, digest: DigestInfo) -> Result<()> {
+    /// Renames a verified temporary file into place and indexes it
+    /// (blocking); the files of blobs this evicts are deleted in the background.
+    fn publish(&self, tmp: &std::path::Path, digest: DigestInfo) -> Result<()> {
         let dest = self.blob_path(&digest);
-        tokio::fs::rename(&tmp, &dest).await.map_err(|e| Error::io(format!("publishing blob {digest}"), e))?;
+        if let Err(e) = std::fs::rename(tmp, &dest) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(Error::io(format!("publishing blob {digest}"), e));
+        }
         let evicted = self.index.insert(digest, (), &self.pins);
         if !evicted.is_empty() {
             let paths: Vec<PathBuf> = evicted.iter().map(|(d, ())| self.blob_path(d)).collect();
@@ -251,34 +255,33 @@ impl BlobStore for FilesystemStore {
             return Err(too_large(digest, self.shared.index.max_bytes()));
         }
         let shared = self.shared.clone();
-        let tmp = shared.tmp_path(&digest);
-        let tmp2 = tmp.clone();
-        let written = tokio::task::spawn_blocking(move || -> Result<bool> {
+        re_proto::blocking::run(move || -> Result<()> {
             let actual = DigestInfo::of_bytes(&data);
             if actual != digest {
                 return Err(digest_mismatch(digest, actual));
             }
             // Already stored (and now refreshed): nothing to write.
             if digest.is_empty_blob() || shared.index.get(&digest).is_some() {
-                return Ok(false);
+                return Ok(());
             }
-            let mut f = create_upload_file(&tmp2)?;
-            f.write_all(&data).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
-            if shared.fsync {
-                f.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
+            let tmp = shared.tmp_path(&digest);
+            let mut f = create_upload_file(&tmp)?;
+            let written =
+                f.write_all(&data).map_err(|e| Error::io(format!("writing blob {digest}"), e)).and_then(|()| {
+                    match shared.fsync {
+                        true => f.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e)),
+                        false => Ok(()),
+                    }
+                });
+            match written {
+                Ok(()) => shared.publish(&tmp, digest),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
             }
-            Ok(true)
         })
-        .await?;
-        match written {
-            Ok(false) => return Ok(()),
-            Ok(true) => {}
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        }
-        self.shared.publish(tmp, digest).await
+        .await?
     }
 
     async fn put_file(&self, path: &std::path::Path) -> Result<DigestInfo> {
@@ -287,11 +290,11 @@ impl BlobStore for FilesystemStore {
         // One pass: the file is hashed while it is copied into a temp file
         // (a copy, not a link: a process the action left behind could still
         // change the original).
-        let staged = tokio::task::spawn_blocking(move || -> Result<(Option<PathBuf>, DigestInfo)> {
+        re_proto::blocking::run(move || -> Result<DigestInfo> {
             let io = |e| Error::io(format!("reading {}", src.display()), e);
             let mut input = std::fs::File::open(&src).map_err(io)?;
             if input.metadata().map_err(io)?.len() == 0 {
-                return Ok((None, DigestInfo::EMPTY));
+                return Ok(DigestInfo::EMPTY);
             }
             // Staged in one prefix directory, renamed into its own once hashed.
             let tmp = shared.blobs_dir.join("00").join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
@@ -321,19 +324,12 @@ impl BlobStore for FilesystemStore {
             if digest.size > shared.index.max_bytes() {
                 return Err(too_large(digest, shared.index.max_bytes()));
             }
-            Ok((keep.then_some(tmp), digest))
+            if keep {
+                shared.publish(&tmp, digest)?;
+            }
+            Ok(digest)
         })
-        .await??;
-        match staged {
-            (Some(tmp), digest) => match self.shared.publish(tmp.clone(), digest).await {
-                Ok(()) => Ok(digest),
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    Err(e)
-                }
-            },
-            (None, digest) => Ok(digest),
-        }
+        .await?
     }
 
     async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>> {
@@ -464,7 +460,10 @@ impl BlobWriter for FsWriter {
         let written = writer.await.map_err(Error::from).and_then(|r| r);
         let hashed = hasher.await.map_err(Error::from);
         let result = match (written, hashed) {
-            (Ok(()), Ok(actual)) if actual == self.digest => self.shared.publish(tmp.clone(), self.digest).await,
+            (Ok(()), Ok(actual)) if actual == self.digest => {
+                let (shared, tmp, digest) = (self.shared.clone(), tmp.clone(), self.digest);
+                re_proto::blocking::run(move || shared.publish(&tmp, digest)).await.and_then(|r| r)
+            }
             (Ok(()), Ok(actual)) => Err(digest_mismatch(self.digest, actual)),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };

@@ -186,7 +186,6 @@ impl<L: Launcher> Worker for ActionFrame<L> {
         };
         let dir = self.launcher.action_dir();
         let outcome = self.phases(job, &dir, &cancel, &mut meta).await;
-        remove_dir(dir.scratch).await;
         meta.worker_completed_timestamp = Some(now());
         meta.virtual_execution_duration = virtual_duration(&meta);
         let (mut result, error) = match outcome {
@@ -194,7 +193,7 @@ impl<L: Launcher> Worker for ActionFrame<L> {
             Err(e) => (ActionResult::default(), Some(e)),
         };
         result.execution_metadata = Some(meta);
-        RunOutcome { result, error }
+        RunOutcome { result, error, cleanup: Some(Box::pin(remove_dir(dir.scratch))) }
     }
 }
 
@@ -222,7 +221,7 @@ async fn prepare(
 ) -> Result<()> {
     let inputs = input_tree::locate(cas, &job.inputs).await?;
     let (root, wd, outputs) = (dir.root.clone(), job.working_directory.clone(), job.outputs.clone());
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    re_proto::blocking::run(move || -> Result<()> {
         if std::fs::symlink_metadata(&root).is_ok() {
             remove_tree(&root);
         }
@@ -240,7 +239,7 @@ async fn prepare(
 
 /// Removes an action directory, even if the action made parts read-only.
 pub async fn remove_dir(dir: PathBuf) {
-    let _ = tokio::task::spawn_blocking(move || remove_tree(&dir)).await;
+    let _ = re_proto::blocking::run(move || remove_tree(&dir)).await;
 }
 
 fn remove_tree(dir: &Path) {

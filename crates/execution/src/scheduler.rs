@@ -76,7 +76,20 @@ impl Scheduler {
             abandon_grace: Duration::from_secs(config.abandon_grace_seconds),
         });
         for slot in &sched.workers {
-            tokio::spawn(Self::worker_loop(Arc::downgrade(&sched), slot.clone()));
+            let (sched, slot) = (Arc::downgrade(&sched), slot.clone());
+            // A thread of its own per worker: the process it waits for and the
+            // files it makes are handled where it runs, without hand-offs
+            // between threads (re_proto::blocking).
+            std::thread::Builder::new()
+                .name(format!("worker {}", slot.worker.id()))
+                .spawn(move || {
+                    re_proto::blocking::mark_dedicated();
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt.block_on(Self::worker_loop(sched, slot)),
+                        Err(e) => warn!(worker = slot.worker.id(), error = %e, "worker thread could not start"),
+                    }
+                })
+                .expect("starting a worker thread");
         }
         tokio::spawn(Self::janitor(Arc::downgrade(&sched)));
         sched
@@ -250,7 +263,7 @@ impl Scheduler {
         }
         op.set_executing();
         debug!(action = %job.action_digest, operation = %op.name, worker = worker.id(), "action started");
-        let outcome = worker.run(&job, queued_at, op.cancel.clone()).await;
+        let mut outcome = worker.run(&job, queued_at, op.cancel.clone()).await;
         debug!(
             action = %job.action_digest,
             worker = worker.id(),
@@ -258,7 +271,12 @@ impl Scheduler {
             error = ?outcome.error.as_ref().map(|e| e.to_string()),
             "action finished"
         );
+        let cleanup = outcome.cleanup.take();
         self.finish(&op, &job, Some(outcome.result), outcome.error).await;
+        // After the client has its answer: the worker's leftovers go.
+        if let Some(cleanup) = cleanup {
+            cleanup.await;
+        }
     }
 
     async fn finish(

@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use re_proto::reapi::ActionResult;
 use re_proto::Error;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,9 @@ use crate::platform::Properties;
 pub struct RunOutcome {
     pub result: ActionResult,
     pub error: Option<Error>,
+    /// What is left to undo (the action's directory), run once the client
+    /// has its answer and before the worker takes its next action.
+    pub cleanup: Option<BoxFuture<'static, ()>>,
 }
 
 #[async_trait]

@@ -2,6 +2,7 @@
 //! other crate shares: [`DigestInfo`] and the one [`Error`] type that maps to
 //! `tonic::Status`.
 
+pub mod blocking;
 pub mod config_error;
 pub mod digest;
 pub mod error;
