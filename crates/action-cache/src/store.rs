@@ -87,7 +87,8 @@ impl FilesystemActionCache {
 impl ActionCacheStore for FilesystemActionCache {
     async fn get(&self, action: DigestInfo) -> Result<Option<ActionResult>> {
         let path = self.path(&action);
-        let raw = match tokio::fs::read(&path).await {
+        // Results are small protos: read in place (see re_proto::blocking).
+        let raw = match re_proto::blocking::read_small(path.clone()).await {
             Ok(data) => Bytes::from(data),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading action result {action}"), e)),

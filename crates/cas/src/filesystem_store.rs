@@ -190,7 +190,12 @@ impl BlobStore for FilesystemStore {
         if self.shared.index.get(&digest).is_none() {
             return Ok(None);
         }
-        match tokio::fs::read(self.shared.blob_path(&digest)).await {
+        let path = self.shared.blob_path(&digest);
+        let read = match digest.size <= re_proto::blocking::SMALL_READ_BYTES {
+            true => re_proto::blocking::read_small(path).await,
+            false => tokio::fs::read(path).await,
+        };
+        match read {
             Ok(data) => Ok(Some(data.into())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.shared.index.remove(&digest);

@@ -22,6 +22,16 @@ pub fn may_block() -> bool {
     DEDICATED.with(|d| d.get())
 }
 
+/// Files at most this big are read where they are needed, on any thread.
+pub const SMALL_READ_BYTES: u64 = 64 * 1024;
+
+/// Reads a file known to be small (an Action, Command or Directory proto, an
+/// action result: typically a few hundred bytes). From the page cache that
+/// takes a few microseconds, less than handing it to another thread.
+pub async fn read_small(path: std::path::PathBuf) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 /// Runs `f` here if this thread may block, else on tokio's blocking pool.
 pub async fn run<T, F>(f: F) -> Result<T>
 where
