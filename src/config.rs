@@ -233,6 +233,45 @@ mod tests {
     }
 
     #[test]
+    fn run_as_group_alone_and_an_unreachable_work_dir_are_refused_at_load() {
+        let text = "[[execution.pool.workers]]\ntype = \"host\"\nrun_as_group = \"nogroup\"\n";
+        let err = Config::parse(text, "x.toml", &Overrides::default()).unwrap_err();
+        assert_eq!(err.error.key, "execution.pool.workers[0].run_as_group", "{err}");
+        assert!(err.to_string().contains("needs run_as_user"), "{err}");
+
+        // A work_dir below a directory only its owner may enter.
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let text = format!(
+            "[[execution.pool.workers]]\ntype = \"host\"\nrun_as_user = \"nobody\"\nwork_dir = \"{}/work\"\n",
+            dir.path().display()
+        );
+        let err = Config::parse(&text, "x.toml", &Overrides::default()).unwrap_err();
+        assert_eq!(err.error.key, "execution.pool.workers[0].work_dir", "{err}");
+        assert!(err.to_string().contains("nobody"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Config::parse(&text, "x.toml", &Overrides::default()).unwrap();
+    }
+
+    #[test]
+    fn unset_paths_come_from_the_data_dir() {
+        let overrides = Overrides { data_dir: Some("/srv/re".into()), ..Default::default() };
+        let c = Config::parse("[[execution.pool.workers]]\ntype = \"docker\"\nimage = \"busybox\"\n", "x", &overrides)
+            .unwrap();
+        assert_eq!(c.storage.cas.root_dir, std::path::Path::new("/srv/re/cas"));
+        assert_eq!(c.storage.action_cache.root_dir, std::path::Path::new("/srv/re/cache"));
+        match &c.execution.pool.workers[0] {
+            re_execution::config::WorkerConfig::Docker(d) => {
+                assert_eq!(d.work_dir, std::path::Path::new("/srv/re/work"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Config::parse("", "x", &overrides).unwrap();
+        assert!(!c.execution.pool.workers.is_empty(), "the default pool has host workers");
+    }
+
+    #[test]
     fn bad_value_names_key() {
         let err = Config::parse("[storage.cas]\nbackend = \"tape\"\n", "x.toml", &Overrides::default()).unwrap_err();
         assert_eq!(err.error.key, "storage.cas.backend");

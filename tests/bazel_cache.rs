@@ -8,19 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use bazel_support::{outputs, BazelRun, BazelWorkspace};
+use common::ServerConfig;
 use re_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use re_proto::reapi::FindMissingBlobsRequest;
-
-const CONFIG: &str = r#"
-[server]
-instance_name = "main"
-[storage.cas]
-backend = "filesystem"
-[storage.action_cache]
-backend = "filesystem"
-[capabilities]
-exec_enabled = false
-"#;
 
 /// Kinds of spawn that mean "ran on this machine".
 const LOCAL_KINDS: [&str; 4] = ["linux-sandbox", "local", "processwrapper-sandbox", "worker"];
@@ -63,7 +53,7 @@ fn bazel_uses_re_server_as_a_remote_cache() {
     if !common::require_tool("bazel") {
         return;
     }
-    let mut server = common::TestServer::start(CONFIG);
+    let mut server = common::TestServer::start(&ServerConfig::filesystem().instance("main").cache_only().toml());
     let ws = BazelWorkspace::new();
 
     // Cold: everything runs locally and is uploaded.

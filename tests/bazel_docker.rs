@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bazel_support::{outputs, BazelWorkspace};
+use common::ServerConfig;
 
 const IMAGE: &str = "re-server-test/busybox:latest";
 
@@ -61,25 +62,11 @@ fn bazel_runs_genrules_and_tests_in_docker_containers() {
     if !docker_ready() {
         return;
     }
-    let mut server = common::TestServer::start(&format!(
-        r#"
-[server]
-instance_name = "docker"
-[storage.cas]
-backend = "filesystem"
-[execution.pool]
-scheduler_interval_ms = 20
-[[execution.pool.workers]]
-type = "docker"
-count = 2
-image = "{IMAGE}"
-warm = true
-network_mode = "none"
-user = "1000:1000"
-cpu_limit = 1.0
-memory_limit = 536870912
-"#
-    ));
+    let config = ServerConfig::filesystem().instance("docker").docker_workers(
+        IMAGE,
+        "count = 2\nwarm = true\nnetwork_mode = \"none\"\nuser = \"1000:1000\"\ncpu_limit = 1.0\nmemory_limit = 536870912\n",
+    );
+    let mut server = common::TestServer::start(&config.toml());
     let ws = BazelWorkspace::new();
     let exec = format!("--remote_executor={}", server.grpc_url());
     let image = format!("--remote_default_exec_properties=container-image=docker://{IMAGE}");

@@ -5,6 +5,7 @@ mod bazel_support;
 mod common;
 
 use bazel_support::{outputs, BazelWorkspace};
+use common::ServerConfig;
 
 #[test]
 fn bazel_builds_and_tests_remotely() {
@@ -20,19 +21,7 @@ fn bazel_builds_and_tests_remotely() {
     assert!(expected.len() >= 8, "too few outputs to compare: {:?}", expected.keys());
     assert!(expected.keys().any(|k| k == "big.txt" || k.ends_with("big.txt")), "{:?}", expected.keys());
 
-    let server = common::TestServer::start(
-        r#"
-[server]
-instance_name = "main"
-[storage.cas]
-backend = "filesystem"
-[execution.pool]
-scheduler_interval_ms = 20
-[[execution.pool.workers]]
-type = "host"
-count = 2
-"#,
-    );
+    let server = common::TestServer::start(&ServerConfig::filesystem().instance("main").host_workers(2).toml());
     let ws = BazelWorkspace::new();
     let exec = format!("--remote_executor={}", server.grpc_url());
     let remote = [

@@ -7,6 +7,7 @@ mod exec_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{digest, put_blobs, read_blob, ServerConfig, TestServer};
 use exec_support::*;
 use prost::Message;
 use re_proto::google::longrunning::operations_client::OperationsClient;
@@ -15,13 +16,6 @@ use re_proto::google::rpc::{PreconditionFailure, Status as RpcStatus};
 use re_proto::reapi::execution_client::ExecutionClient;
 use re_proto::reapi::{Directory, SymlinkNode, Tree, WaitExecutionRequest};
 use tonic::Code;
-
-fn config(pool: &str, workers: &str) -> String {
-    pool_config(pool, workers)
-}
-
-const ONE_HOST: &str = "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\n";
-const TWO_HOSTS: &str = "[[execution.pool.workers]]\ntype = \"host\"\ncount = 2\n";
 
 fn ts(t: &Option<prost_types::Timestamp>) -> (i64, i32) {
     let t = t.as_ref().expect("timestamp set");
@@ -55,7 +49,7 @@ fn scratch() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_an_action_collects_outputs_and_caches_the_result() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let mut spec = ActionSpec::sh(
         "mkdir out/d && echo hello > out/f.txt && echo inner > out/d/g && ln -s g out/d/link && echo to-stdout && cat in.txt && ./tool.sh",
@@ -97,8 +91,25 @@ async fn runs_an_action_collects_outputs_and_caches_the_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executed_action_metadata_timestamps_are_in_order() {
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
+    let ch = server.channel().await;
+    let mut spec = ActionSpec::sh("sleep 0.2; echo done > out.txt");
+    spec.output_files = vec!["out.txt".into()];
+    let (resp, _) = run_spec(&ch, "", &spec, &ExecOpts::default()).await.expect("execute");
+    assert_eq!(resp.status.as_ref().unwrap().code, 0, "{:?}", resp.status);
+    let result = resp.result.unwrap();
+    assert_eq!(result.output_files.len(), 1, "the output was uploaded");
+    let meta = result.execution_metadata.expect("execution_metadata");
+    assert!(meta.worker.starts_with("host-worker-"), "{}", meta.worker);
+    assert_timestamps_in_order(&meta);
+    let ran = meta.virtual_execution_duration.unwrap();
+    assert!(Duration::new(ran.seconds as u64, ran.nanos as u32) >= Duration::from_millis(200), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_and_do_not_cache_are_not_cached() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let failing = ActionSpec::sh("echo oops >&2; exit 3");
     let (resp, _) = run_spec(&ch, "", &failing, &ExecOpts::default()).await.unwrap();
@@ -116,7 +127,7 @@ async fn failures_and_do_not_cache_are_not_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_take_turns_on_a_busy_pool() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let mut tasks = Vec::new();
     for i in 0..6 {
@@ -147,7 +158,7 @@ async fn builds_take_turns_on_a_busy_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lower_priority_value_runs_first() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let blocker = {
         let ch = ch.clone();
@@ -176,7 +187,7 @@ async fn lower_priority_value_runs_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_actions_in_flight_run_once() {
-    let server = common::TestServer::start(&config("", TWO_HOSTS));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(2).toml());
     let ch = server.channel().await;
     let dir = scratch();
     let counter = dir.path().join("counter");
@@ -193,7 +204,7 @@ async fn identical_actions_in_flight_run_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_resource_exhausted() {
-    let server = common::TestServer::start(&config("max_queue_size = 2", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().pool("max_queue_size = 2").host_workers(1).toml());
     let ch = server.channel().await;
     let mut held = Vec::new();
     for i in 0..3 {
@@ -216,16 +227,12 @@ async fn full_queue_is_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_matching_and_fail_fast() {
-    let workers = r#"
-[execution.pool.platform_match]
-cores = "minimum"
-label = "ignore"
-[[execution.pool.workers]]
-type = "host"
-count = 1
-properties = { pool = "fast", cores = "4" }
-"#;
-    let server = common::TestServer::start(&config("", workers));
+    let config = ServerConfig::memory()
+        .pool("[execution.pool.platform_match]\ncores = \"minimum\"\nlabel = \"ignore\"")
+        .workers(
+            "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\nproperties = { pool = \"fast\", cores = \"4\" }",
+        );
+    let server = TestServer::start(&config.toml());
     let ch = server.channel().await;
     let mut ok = ActionSpec::sh("echo matched");
     ok.platform = vec![
@@ -255,7 +262,7 @@ properties = { pool = "fast", cores = "4" }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_inputs_are_reported_as_missing_violations() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let mut spec = ActionSpec::sh("cat a b");
     spec.input_files = vec![("a".into(), b"aaa".to_vec(), false), ("b".into(), b"bbbb".to_vec(), false)];
@@ -276,7 +283,7 @@ async fn missing_inputs_are_reported_as_missing_violations() {
     let mut expected: Vec<String> = [b"aaa".as_slice(), b"bbbb"]
         .iter()
         .map(|d| {
-            let d = digest_of(d);
+            let d = digest(d);
             format!("blobs/{}/{}", d.hash, d.size_bytes)
         })
         .collect();
@@ -300,7 +307,7 @@ async fn first_operation(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_operation_kills_the_process() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let dir = scratch();
     let pidfile = dir.path().join("pid");
@@ -318,7 +325,7 @@ async fn cancel_operation_kills_the_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_actions_are_cancelled_after_the_grace_period() {
-    let server = common::TestServer::start(&config("abandon_grace_seconds = 1", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().pool("abandon_grace_seconds = 1").host_workers(1).toml());
     let ch = server.channel().await;
     let dir = scratch();
     let pidfile = dir.path().join("pid");
@@ -339,7 +346,7 @@ async fn abandoned_actions_are_cancelled_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reattaching_within_the_grace_period_keeps_the_action() {
-    let server = common::TestServer::start(&config("abandon_grace_seconds = 2", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().pool("abandon_grace_seconds = 2").host_workers(1).toml());
     let ch = server.channel().await;
     let mut spec = ActionSpec::sh("sleep 3; echo survived");
     spec.salt = "reattach".into();
@@ -357,7 +364,7 @@ async fn reattaching_within_the_grace_period_keeps_the_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_is_deadline_exceeded_and_kills_the_process_tree() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let dir = scratch();
     let pidfile = dir.path().join("pid");
@@ -378,7 +385,7 @@ async fn timeout_is_deadline_exceeded_and_kills_the_process_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_execution_after_completion_and_after_ttl() {
-    let server = common::TestServer::start(&config("result_ttl_seconds = 2", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().pool("result_ttl_seconds = 2").host_workers(1).toml());
     let ch = server.channel().await;
     let d = ActionSpec::sh("echo ttl").upload(&ch, "").await;
     let (name, resp) = run(&ch, "", &d, &ExecOpts::default()).await.unwrap();
@@ -400,7 +407,8 @@ async fn wait_execution_after_completion_and_after_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_is_whitelisted() {
-    let server = common::TestServer::start_with_env(&config("", ONE_HOST), &[("RE_TEST_SECRET", "hunter2")]);
+    let server =
+        TestServer::start_with_env(&ServerConfig::memory().host_workers(1).toml(), &[("RE_TEST_SECRET", "hunter2")]);
     let ch = server.channel().await;
     let mut spec = ActionSpec::sh("echo \"[$RE_TEST_SECRET][$MINE][${PATH:+has-path}]\"");
     spec.env = vec![("MINE".into(), "yes".into())];
@@ -428,7 +436,7 @@ async fn run_as_user_drops_privileges() {
         "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\nrun_as_user = \"nobody\"\nwork_dir = \"{}\"\n",
         work.path().display()
     );
-    let server = common::TestServer::start(&config("", &workers));
+    let server = TestServer::start(&ServerConfig::memory().workers(&workers).toml());
     let ch = server.channel().await;
     let mut spec = ActionSpec::sh("id -u; echo made > out/o.txt");
     spec.output_files = vec!["out/o.txt".into()];
@@ -442,7 +450,9 @@ async fn run_as_user_drops_privileges() {
     let cfg = cfg_dir.path().join("bad.toml");
     std::fs::write(
         &cfg,
-        config("", "[[execution.pool.workers]]\ntype = \"host\"\nrun_as_user = \"no-such-user-re\"\n"),
+        ServerConfig::memory()
+            .workers("[[execution.pool.workers]]\ntype = \"host\"\nrun_as_user = \"no-such-user-re\"\n")
+            .toml(),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_re-server"))
@@ -462,7 +472,7 @@ async fn run_as_user_drops_privileges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_that_escape_the_action_directory_are_rejected() {
-    let server = common::TestServer::start(&config("", ONE_HOST));
+    let server = TestServer::start(&ServerConfig::memory().host_workers(1).toml());
     let ch = server.channel().await;
     let mut bad_output = ActionSpec::sh("true");
     bad_output.output_files = vec!["../escape".into()];
@@ -472,11 +482,7 @@ async fn paths_that_escape_the_action_directory_are_rejected() {
     bad_wd.working_directory = "../..".into();
     let mut dotdot_input = ActionSpec::sh("true");
     dotdot_input.root_override = Some(Directory {
-        files: vec![re_proto::reapi::FileNode {
-            name: "..".into(),
-            digest: Some(digest_of(b"")),
-            ..Default::default()
-        }],
+        files: vec![re_proto::reapi::FileNode { name: "..".into(), digest: Some(digest(b"")), ..Default::default() }],
         ..Default::default()
     });
     let mut escaping_symlink = ActionSpec::sh("true");
@@ -513,19 +519,7 @@ async fn paths_that_escape_the_action_directory_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_of_queued_actions_are_not_evicted() {
     // A 256 KiB CAS: the queued action's 64 KiB input would be the oldest blob.
-    let cfg = r#"
-[storage.cas]
-backend = "memory"
-max_size_bytes = 262144
-[storage.action_cache]
-backend = "memory"
-[execution.pool]
-scheduler_interval_ms = 20
-[[execution.pool.workers]]
-type = "host"
-count = 1
-"#;
-    let server = common::TestServer::start(cfg);
+    let server = TestServer::start(&ServerConfig::memory().cas("max_size_bytes = 262144").host_workers(1).toml());
     let ch = server.channel().await;
     let blocker = {
         let ch = ch.clone();
@@ -542,7 +536,7 @@ count = 1
     // Push 640 KiB of other blobs through the store while it waits.
     for i in 0..10u8 {
         let data = bytes::Bytes::from(vec![100 + i; 65536]);
-        put_blobs(&ch, "", vec![(digest_of(&data), data)]).await;
+        put_blobs(&ch, "", vec![(digest(&data), data)]).await;
     }
     blocker.await.unwrap().unwrap();
     let (resp, out) = queued.await.unwrap().expect("queued action ran");

@@ -4,18 +4,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::TestServer;
-
-const CONFIG: &str = r#"
-[server]
-instance_name = "main"
-[storage.cas]
-backend = "memory"
-[storage.action_cache]
-backend = "memory"
-[capabilities]
-exec_enabled = false
-"#;
+use common::{ServerConfig, TestServer};
 
 const STORAGE_SERVICES: [&str; 4] = [
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
@@ -23,6 +12,11 @@ const STORAGE_SERVICES: [&str; 4] = [
     "build.bazel.remote.execution.v2.Capabilities",
     "google.bytestream.ByteStream",
 ];
+
+/// Storage only, under the instance name "main".
+fn config() -> String {
+    ServerConfig::memory().instance("main").cache_only().toml()
+}
 
 struct Out {
     ok: bool,
@@ -56,7 +50,7 @@ fn health_checks_report_serving() {
     if !common::require_tool("grpcurl") {
         return;
     }
-    let server = TestServer::start(CONFIG);
+    let server = TestServer::start(&config());
     assert!(server.addr.starts_with("127.0.0.1:"), "{}", server.addr);
     let all = grpcurl(&server, &[], &["grpc.health.v1.Health/Check"]);
     assert!(serving(&all), "overall health: {} {}", all.stdout, all.stderr);
@@ -79,7 +73,7 @@ fn reflection_lists_and_describes_the_services() {
     if !common::require_tool("grpcurl") {
         return;
     }
-    let server = TestServer::start(CONFIG);
+    let server = TestServer::start(&config());
     let out = grpcurl(&server, &[], &["list"]);
     assert!(out.ok, "list: {}", out.stderr);
     let listed: Vec<&str> = out.stdout.lines().map(str::trim).collect();
@@ -105,7 +99,7 @@ fn json_calls_through_grpcurl() {
     if !common::require_tool("grpcurl") {
         return;
     }
-    let server = TestServer::start(CONFIG);
+    let server = TestServer::start(&config());
     let caps = grpcurl(
         &server,
         &["-d", r#"{"instance_name":"main"}"#],

@@ -2,9 +2,19 @@
 //! stops it afterwards. Shared by every end-to-end test.
 //!
 //! Also: `require_tool` (skip loudly, or fail under CI=true, when an external
-//! tool is missing), `run_to_exit` (for configurations that must be refused)
-//! and digest / resource-name helpers computed independently of the server.
+//! tool is missing), `run_to_exit` (for configurations that must be refused),
+//! [`blobs`] (digests, resource names and CAS calls computed independently of
+//! the server) and [`config`] (the server TOML a test starts with).
 #![allow(dead_code)]
+
+pub mod blobs;
+pub mod config;
+
+// Each test binary uses a different part of these.
+#[allow(unused_imports)]
+pub use blobs::*;
+#[allow(unused_imports)]
+pub use config::ServerConfig;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -12,8 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use re_proto::reapi::Digest;
-use sha2::{Digest as _, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
 /// How long the server may take to print `Starting server on`.
@@ -251,56 +259,4 @@ pub fn run_to_exit(config: &str, timeout: Duration) -> Exited {
     };
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     Exited { code, stderr, config_path, _dir: dir }
-}
-
-/// Lower-case hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// The REAPI digest of `data` (SHA-256, computed here, not by the server).
-pub fn digest(data: &[u8]) -> Digest {
-    Digest { hash: sha256_hex(data), size_bytes: data.len() as i64 }
-}
-
-fn with_instance(instance: &str, rest: String) -> String {
-    if instance.is_empty() {
-        rest
-    } else {
-        format!("{instance}/{rest}")
-    }
-}
-
-/// `{instance}/blobs/{hash}/{size}` (ByteStream read name).
-pub fn read_resource(instance: &str, d: &Digest) -> String {
-    with_instance(instance, format!("blobs/{}/{}", d.hash, d.size_bytes))
-}
-
-/// `{instance}/compressed-blobs/{compressor}/{hash}/{size}`.
-pub fn compressed_read_resource(instance: &str, compressor: &str, d: &Digest) -> String {
-    with_instance(instance, format!("compressed-blobs/{compressor}/{}/{}", d.hash, d.size_bytes))
-}
-
-/// `{instance}/uploads/{fresh uuid}/blobs/{hash}/{size}` (ByteStream write name).
-pub fn upload_resource(instance: &str, d: &Digest) -> String {
-    with_instance(instance, format!("uploads/{}/blobs/{}/{}", uuid::Uuid::new_v4(), d.hash, d.size_bytes))
-}
-
-/// `{instance}/uploads/{fresh uuid}/compressed-blobs/{compressor}/{hash}/{size}`.
-pub fn compressed_upload_resource(instance: &str, compressor: &str, d: &Digest) -> String {
-    with_instance(
-        instance,
-        format!("uploads/{}/compressed-blobs/{compressor}/{}/{}", uuid::Uuid::new_v4(), d.hash, d.size_bytes),
-    )
-}
-
-/// Deterministic, poorly compressible bytes (an LCG), different per `seed`.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect()
 }

@@ -1,5 +1,6 @@
 //! Builds actions in the CAS and runs them through Execution.Execute, as a
-//! REAPI client would. Shared by the execution and docker end-to-end tests.
+//! REAPI client would. Shared by the execution and docker end-to-end tests;
+//! every test binary that includes it also includes `common`.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -7,19 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use re_proto::google::longrunning::{operation, Operation};
-use re_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use re_proto::reapi::execution_client::ExecutionClient;
 use re_proto::reapi::{
-    batch_update_blobs_request, command::EnvironmentVariable, platform::Property, Action, BatchReadBlobsRequest,
-    BatchUpdateBlobsRequest, Command, Digest, Directory, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse,
-    ExecutionPolicy, FileNode, Platform, RequestMetadata,
+    command::EnvironmentVariable, platform::Property, Action, Command, Digest, Directory, ExecuteOperationMetadata,
+    ExecuteRequest, ExecuteResponse, ExecutedActionMetadata, ExecutionPolicy, FileNode, Platform, RequestMetadata,
 };
-use re_proto::DigestInfo;
 use tonic::transport::Channel;
 
-pub fn digest_of(data: &[u8]) -> Digest {
-    DigestInfo::of_bytes(data).into()
-}
+use crate::common::{digest, put_blobs, read_blob};
 
 /// An action under construction; `upload` puts every blob in the CAS.
 #[derive(Clone, Default)]
@@ -57,7 +53,7 @@ impl ActionSpec {
         let mut files = self.input_files.clone();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, data, exec) in files {
-            let d = digest_of(&data);
+            let d = digest(&data);
             dir.files.push(FileNode { name, digest: Some(d.clone()), is_executable: exec, node_properties: None });
             blobs.push((d, Bytes::from(data)));
         }
@@ -85,8 +81,8 @@ impl ActionSpec {
         let root_bytes = Bytes::from(root.encode_to_vec());
         let cmd_bytes = Bytes::from(command.encode_to_vec());
         let action = Action {
-            command_digest: Some(digest_of(&cmd_bytes)),
-            input_root_digest: Some(digest_of(&root_bytes)),
+            command_digest: Some(digest(&cmd_bytes)),
+            input_root_digest: Some(digest(&root_bytes)),
             timeout: self
                 .timeout
                 .map(|t| prost_types::Duration { seconds: t.as_secs() as i64, nanos: t.subsec_nanos() as i32 }),
@@ -94,7 +90,7 @@ impl ActionSpec {
             salt: Bytes::from(self.salt.clone().into_bytes()),
             platform: if platform.properties.is_empty() { None } else { Some(platform) },
         };
-        let mut blobs = vec![(digest_of(&cmd_bytes), cmd_bytes), (digest_of(&root_bytes), root_bytes)];
+        let mut blobs = vec![(digest(&cmd_bytes), cmd_bytes), (digest(&root_bytes), root_bytes)];
         if !self.skip_input_upload {
             blobs.extend(file_blobs);
         }
@@ -105,47 +101,11 @@ impl ActionSpec {
     pub async fn upload(&self, channel: &Channel, instance: &str) -> Digest {
         let (action, _, mut blobs) = self.messages();
         let action_bytes = Bytes::from(action.encode_to_vec());
-        let action_digest = digest_of(&action_bytes);
+        let action_digest = digest(&action_bytes);
         blobs.push((action_digest.clone(), action_bytes));
         put_blobs(channel, instance, blobs).await;
         action_digest
     }
-}
-
-pub async fn put_blobs(channel: &Channel, instance: &str, blobs: Vec<(Digest, Bytes)>) {
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    let resp = cas
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            instance_name: instance.into(),
-            requests: blobs
-                .into_iter()
-                .map(|(digest, data)| batch_update_blobs_request::Request { digest: Some(digest), data, compressor: 0 })
-                .collect(),
-            digest_function: 0,
-        })
-        .await
-        .expect("BatchUpdateBlobs")
-        .into_inner();
-    for r in resp.responses {
-        assert_eq!(r.status.unwrap().code, 0, "upload failed");
-    }
-}
-
-pub async fn read_blob(channel: &Channel, instance: &str, digest: &Digest) -> Bytes {
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    let mut resp = cas
-        .batch_read_blobs(BatchReadBlobsRequest {
-            instance_name: instance.into(),
-            digests: vec![digest.clone()],
-            acceptable_compressors: vec![],
-            digest_function: 0,
-        })
-        .await
-        .expect("BatchReadBlobs")
-        .into_inner();
-    let r = resp.responses.remove(0);
-    assert_eq!(r.status.as_ref().unwrap().code, 0, "read {digest:?}");
-    r.data
 }
 
 /// Options for one Execute call.
@@ -233,20 +193,36 @@ pub async fn run_spec(
     Ok((resp, stdout))
 }
 
-/// A memory-backed server config with a fast scheduler tick, extra
-/// `[execution.pool]` keys (`pool`) and worker groups (`workers`).
-pub fn pool_config(pool: &str, workers: &str) -> String {
-    format!(
-        r#"
-[storage.cas]
-backend = "memory"
-max_size_bytes = 1073741824
-[storage.action_cache]
-backend = "memory"
-[execution.pool]
-scheduler_interval_ms = 20
-{pool}
-{workers}
-"#
-    )
+/// Asserts the worker stamped every phase of the action, in phase order, and
+/// that `virtual_execution_duration` is exactly the execution phase.
+pub fn assert_timestamps_in_order(meta: &ExecutedActionMetadata) {
+    let phases = [
+        ("queued", &meta.queued_timestamp),
+        ("worker_start", &meta.worker_start_timestamp),
+        ("input_fetch_start", &meta.input_fetch_start_timestamp),
+        ("input_fetch_completed", &meta.input_fetch_completed_timestamp),
+        ("execution_start", &meta.execution_start_timestamp),
+        ("execution_completed", &meta.execution_completed_timestamp),
+        ("output_upload_start", &meta.output_upload_start_timestamp),
+        ("output_upload_completed", &meta.output_upload_completed_timestamp),
+        ("worker_completed", &meta.worker_completed_timestamp),
+    ];
+    let nanos = |seconds: i64, nanos: i32| i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+    let mut previous: Option<(&str, i128)> = None;
+    for (phase, t) in phases {
+        let t = t.as_ref().unwrap_or_else(|| panic!("{phase}_timestamp is not set: {meta:?}"));
+        let at = nanos(t.seconds, t.nanos);
+        if let Some((before, then)) = previous {
+            assert!(then <= at, "{before}_timestamp is after {phase}_timestamp: {meta:?}");
+        }
+        previous = Some((phase, at));
+    }
+    let stamp = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| nanos(t.seconds, t.nanos)).unwrap();
+    let execution = stamp(&meta.execution_completed_timestamp) - stamp(&meta.execution_start_timestamp);
+    let virtual_duration = meta.virtual_execution_duration.as_ref().expect("virtual_execution_duration is set");
+    assert_eq!(
+        nanos(virtual_duration.seconds, virtual_duration.nanos),
+        execution,
+        "virtual_execution_duration is not execution_completed - execution_start: {meta:?}"
+    );
 }

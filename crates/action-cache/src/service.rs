@@ -93,7 +93,7 @@ impl ActionCache for ActionCacheService {
         if !self.update_enabled {
             return Err(Error::PermissionDenied(
                 "this server does not accept action results from clients (action_cache_update_enabled = false); \
-                 use --noremote_upload_local_results"
+                 let the client stop uploading results it ran locally (e.g. Bazel's --noremote_upload_local_results)"
                     .into(),
             )
             .into());

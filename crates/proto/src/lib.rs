@@ -64,8 +64,8 @@ pub fn check_instance(served: &str, requested: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "unknown instance name '{requested}': this server serves instance '{served}' \
-             (set --remote_instance_name={served})"
+            "unknown instance name '{requested}': this server serves instance '{served}'; \
+             set the client's instance name to '{served}' (e.g. Bazel's --remote_instance_name={served})"
         )))
     }
 }
