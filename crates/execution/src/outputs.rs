@@ -14,25 +14,26 @@ use re_proto::reapi::{
 };
 use re_proto::{DigestInfo, Error, Result};
 
-use crate::action::{OutputKind, OutputPath, PreparedAction};
+use crate::action::{OutputKind, OutputPath};
 use crate::paths;
-use crate::run_frame::ActionDir;
 
-/// The result of a finished process: its outputs (only if it ran to the end:
-/// `ran_to_end`), stdout and stderr stored in the CAS.
+/// The result of a finished process: its `outputs` under `exec_root` (only
+/// if it ran to the end: `ran_to_end`), and its stdout and stderr files,
+/// stored in the CAS.
 pub async fn action_result(
     cas: &Arc<dyn BlobStore>,
-    dir: &ActionDir,
-    job: &PreparedAction,
+    exec_root: &Path,
+    outputs: &[OutputPath],
+    (stdout, stderr): (&Path, &Path),
     exit_code: i32,
     ran_to_end: bool,
 ) -> Result<ActionResult> {
     let mut result = ActionResult { exit_code, ..Default::default() };
     if ran_to_end {
-        collect(cas, &dir.root, &job.outputs, &mut result).await?;
+        collect(cas, exec_root, outputs, &mut result).await?;
     }
-    result.stdout_digest = Some(upload_file(cas, &dir.stdout).await?.into());
-    result.stderr_digest = Some(upload_file(cas, &dir.stderr).await?.into());
+    result.stdout_digest = Some(upload_file(cas, stdout).await?.into());
+    result.stderr_digest = Some(upload_file(cas, stderr).await?.into());
     Ok(result)
 }
 

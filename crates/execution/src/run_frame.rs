@@ -150,7 +150,10 @@ impl<L: Launcher> ActionFrame<L> {
                     false => Ok(()),
                 };
                 let result = match retrieved {
-                    Ok(()) => outputs::action_result(&self.cas, dir, job, exit.code, ran_to_end).await,
+                    Ok(()) => {
+                        let io = (dir.stdout.as_path(), dir.stderr.as_path());
+                        outputs::action_result(&self.cas, &dir.root, &job.outputs, io, exit.code, ran_to_end).await
+                    }
                     Err(e) => Err(e),
                 };
                 meta.output_upload_completed_timestamp = Some(now());
