@@ -30,11 +30,25 @@ pub struct ServerConfig {
     /// Base for storage directories that are not set explicitly; unset
     /// (empty): `$XDG_DATA_HOME/re-server` or `~/.local/share/re-server`.
     pub data_dir: PathBuf,
+    /// On SIGTERM, running actions may finish for this long; then they are
+    /// stopped and their clients told to retry.
+    pub shutdown_grace_seconds: u64,
+    /// Connections open at once; more wait until one closes.
+    pub max_connections: usize,
+    /// HTTP/2 streams (RPCs in flight) per connection.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { address: "127.0.0.1:8980".into(), instance_name: String::new(), data_dir: PathBuf::new() }
+        Self {
+            address: "127.0.0.1:8980".into(),
+            instance_name: String::new(),
+            data_dir: PathBuf::new(),
+            shutdown_grace_seconds: 60,
+            max_connections: 1024,
+            max_streams_per_connection: 256,
+        }
     }
 }
 

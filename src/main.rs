@@ -3,6 +3,7 @@
 //! this file only wires them together.
 mod capabilities;
 mod config;
+mod listener;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ use re_proto::google::longrunning::operations_server::OperationsServer;
 use re_proto::reapi::action_cache_server::ActionCacheServer;
 use re_proto::reapi::capabilities_server::CapabilitiesServer;
 use re_proto::reapi::execution_server::ExecutionServer;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::capabilities::CapabilitiesService;
 use crate::config::{Config, Overrides, DEFAULT_CONFIG};
@@ -91,7 +92,10 @@ fn main() -> ExitCode {
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(serve(config));
+    // Blocking tasks still running (a read for a client already gone) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -127,7 +131,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let compressors = caps.compressors();
     let cas_service =
         CasService::new(cas.clone(), instance.clone(), caps.max_batch_total_size_bytes, compressors.clone());
-    let bytestream = ByteStreamService::new(cas.clone(), instance.clone(), compressors);
+    let resume_window = std::time::Duration::from_secs(cas_config.upload_resume_seconds);
+    let bytestream = ByteStreamService::new(cas.clone(), instance.clone(), compressors, resume_window);
     let action_cache = ActionCacheService::new(
         ac.clone(),
         cas.clone(),
@@ -167,17 +172,31 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
     info!(instance_name = %instance, "Starting server on {local}");
 
-    // A custom incoming stream ignores Server::tcp_nodelay, so set it here:
-    // without it Nagle + delayed ACK add ~40 ms to small RPCs.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    // hyper's 1 MiB default windows stall a client on every 1 MiB ByteStream
-    // message; 16 MiB is only committed while a client has that much in flight.
-    tonic::transport::Server::builder()
+    let incoming = listener::incoming(listener, config.server.max_connections);
+    // SIGTERM or ^C flips `stop`: the listener stops accepting, then the pool drains.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut accepting = stopping.clone();
+    let mut stopping = stopping;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let grace = std::time::Duration::from_secs(config.server.shutdown_grace_seconds);
+    let serve = tonic::transport::Server::builder()
+        // hyper's 1 MiB default windows stall a client on every 1 MiB ByteStream
+        // message; 16 MiB is only committed while a client has that much in flight.
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(16 << 20))
         // Lets clients send uploads in 256 KiB HTTP/2 frames instead of 16 KiB
         // ones: 16x fewer frames to parse per ByteStream message.
         .max_frame_size(Some(256 << 10))
+        // Bounds what one connection can hold open (each stream holds at most
+        // one request, whose size the services bound).
+        .max_concurrent_streams(Some(config.server.max_streams_per_connection))
+        // A peer that stops answering pings is gone: its streams are dropped
+        // and what they held (uploads, waiters) released.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -187,11 +206,32 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .add_service(capabilities)
         .add_optional_service(execution)
         .add_optional_service(operations)
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = accepting.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(serve);
+    let ended_by_itself = tokio::select! {
+        r = &mut serve => Some(r),
+        _ = stopping.wait_for(|stop| *stop) => None,
+    };
+    if let Some(Err(e)) = &ended_by_itself {
+        return Err(format!("serving failed: {e}").into());
+    }
+    // No new connection or stream is accepted from here on. Running actions
+    // may finish within the grace period and their clients get the answers.
+    if let Some(s) = &scheduler {
+        s.shutdown(grace).await;
+    }
+    if ended_by_itself.is_none() && tokio::time::timeout(CONNECTION_DRAIN, &mut serve).await.is_err() {
+        warn!("closing the connections still open {}s after the last answer", CONNECTION_DRAIN.as_secs());
+    }
     info!("Server stopped");
     Ok(())
 }
+
+/// After the pool stopped, connections get this long to take their answers;
+/// idle streams are not waited for beyond it.
+const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -12,6 +12,7 @@
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     instance: Option<String>,
+    shutdown_grace_seconds: u64,
     cas: Vec<String>,
     action_cache: Vec<String>,
     capabilities: Vec<String>,
@@ -34,12 +35,19 @@ impl ServerConfig {
     fn with_backends(cas: &[&str], action_cache: &str) -> Self {
         Self {
             instance: None,
+            shutdown_grace_seconds: 3,
             cas: cas.iter().map(|l| l.to_string()).collect(),
             action_cache: vec![format!("backend = \"{action_cache}\"")],
             capabilities: Vec::new(),
             pool: Vec::new(),
             workers: Vec::new(),
         }
+    }
+
+    /// `[server] shutdown_grace_seconds`.
+    pub fn shutdown_grace(mut self, seconds: u64) -> Self {
+        self.shutdown_grace_seconds = seconds;
+        self
     }
 
     /// `[server] instance_name`.
@@ -98,9 +106,12 @@ impl ServerConfig {
                 out.push('\n');
             }
         };
+        // SIGTERM (TestServer::stop) gives running actions 3 s, not a minute.
+        let mut server = vec![format!("shutdown_grace_seconds = {}", self.shutdown_grace_seconds)];
         if let Some(name) = &self.instance {
-            section("[server]", &[format!("instance_name = \"{name}\"")]);
+            server.push(format!("instance_name = \"{name}\""));
         }
+        section("[server]", &server);
         section("[storage.cas]", &self.cas);
         section("[storage.action_cache]", &self.action_cache);
         if !self.capabilities.is_empty() {

@@ -34,6 +34,9 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     envs: Vec<(String, String)>,
+    /// A command line the server runs under (e.g. `unshare ... sh -c ...`);
+    /// `{server}` in its last argument stands for the server's own command.
+    wrapper: Vec<String>,
     logs: Arc<Mutex<String>>,
 }
 
@@ -44,6 +47,12 @@ impl TestServer {
     }
 
     pub fn start_with_env(config: &str, envs: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(config, envs, &[])
+    }
+
+    /// Starts the server under `wrapper` (see the field); its last argument
+    /// is a shell command in which `{server}` is replaced by the server's.
+    pub fn start_wrapped(config: &str, envs: &[(&str, &str)], wrapper: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("re-server.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -54,6 +63,7 @@ impl TestServer {
             dir,
             config_path,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             logs: Arc::default(),
         };
         s.spawn();
@@ -85,12 +95,29 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_re-server"));
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .args(["--address", "127.0.0.1:0", "--verbose", "--data-dir"])
-            .arg(self.dir.path())
-            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
+        let server = [
+            env!("CARGO_BIN_EXE_re-server").to_string(),
+            "--config".into(),
+            self.config_path.display().to_string(),
+            "--address".into(),
+            "127.0.0.1:0".into(),
+            "--verbose".into(),
+            "--data-dir".into(),
+            self.dir.path().display().to_string(),
+        ];
+        let mut cmd = match self.wrapper.split_last() {
+            None => {
+                let mut cmd = Command::new(&server[0]);
+                cmd.args(&server[1..]);
+                cmd
+            }
+            Some((script, program)) => {
+                let mut cmd = Command::new(&program[0]);
+                cmd.args(&program[1..]).arg(script.replace("{server}", &server.join(" ")));
+                cmd
+            }
+        };
+        cmd.env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -150,6 +177,32 @@ impl TestServer {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, as a crash would; `restart` starts it again.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; how long the server took to exit, or `None` if it had not
+    /// within `limit` (it is then SIGKILLed).
+    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        // SAFETY: signalling our own child process.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.

@@ -48,12 +48,25 @@ impl ActionCacheStore for CompletenessCheckingStore {
     }
 }
 
-/// The digests a result names directly (not those inside its Trees).
+/// The digests a result names directly (not those inside its Trees); a
+/// malformed one is named by its field.
 fn named_digests(result: &ActionResult) -> Result<Vec<DigestInfo>> {
-    let files = result.output_files.iter().map(|f| f.digest.as_ref());
-    let trees = result.output_directories.iter().map(|d| d.tree_digest.as_ref());
-    let io = [result.stdout_digest.as_ref(), result.stderr_digest.as_ref()].into_iter().flatten().map(Some);
-    files.chain(trees).chain(io).map(DigestInfo::try_from).collect()
+    let field = |name: String, d: Option<&re_proto::reapi::Digest>| {
+        DigestInfo::try_from(d).map_err(|e| e.in_field(format!("action_result.{name}")))
+    };
+    let mut out = Vec::new();
+    for (i, f) in result.output_files.iter().enumerate() {
+        out.push(field(format!("output_files[{i}].digest"), f.digest.as_ref())?);
+    }
+    for (i, d) in result.output_directories.iter().enumerate() {
+        out.push(field(format!("output_directories[{i}].tree_digest"), d.tree_digest.as_ref())?);
+    }
+    for (name, d) in [("stdout_digest", &result.stdout_digest), ("stderr_digest", &result.stderr_digest)] {
+        if let Some(d) = d {
+            out.push(field(name.into(), Some(d))?);
+        }
+    }
+    Ok(out)
 }
 
 /// Every blob digest the result refers to, including files inside output

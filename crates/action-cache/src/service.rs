@@ -4,7 +4,7 @@ use std::sync::Arc;
 use re_cas::BlobStore;
 use re_proto::reapi::action_cache_server::{ActionCache, ActionCacheServer};
 use re_proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionResultRequest};
-use re_proto::{check_instance, DigestInfo, Error, Result};
+use re_proto::{check_digest_function, check_instance, DigestInfo, Error, Result};
 use tonic::{Request, Response, Status};
 
 use crate::store::ActionCacheStore;
@@ -74,7 +74,8 @@ impl ActionCache for ActionCacheService {
     ) -> Result<Response<ActionResult>, Status> {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
-        let action = DigestInfo::try_from(req.action_digest.as_ref())?;
+        check_digest_function(req.digest_function)?;
+        let action = DigestInfo::try_from(req.action_digest.as_ref()).map_err(|e| e.in_field("action_digest"))?;
         let mut result = self
             .ac
             .get(action)
@@ -90,6 +91,7 @@ impl ActionCache for ActionCacheService {
     ) -> Result<Response<ActionResult>, Status> {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
+        check_digest_function(req.digest_function)?;
         if !self.update_enabled {
             return Err(Error::PermissionDenied(
                 "this server does not accept action results from clients (action_cache_update_enabled = false); \
@@ -98,7 +100,7 @@ impl ActionCache for ActionCacheService {
             )
             .into());
         }
-        let action = DigestInfo::try_from(req.action_digest.as_ref())?;
+        let action = DigestInfo::try_from(req.action_digest.as_ref()).map_err(|e| e.in_field("action_digest"))?;
         let mut result = req.action_result.ok_or_else(|| Error::InvalidArgument("action_result is required".into()))?;
         // Inline data is a transport convenience; the blobs are the record.
         result.stdout_raw = Default::default();

@@ -88,7 +88,8 @@ impl ActionCacheStore for FilesystemActionCache {
     async fn get(&self, action: DigestInfo) -> Result<Option<ActionResult>> {
         let path = self.path(&action);
         // Results are small protos: read in place (see re_proto::blocking).
-        let raw = match re_proto::blocking::read_small(path.clone()).await {
+        let p = path.clone();
+        let raw = match re_proto::blocking::run_small(0, move || std::fs::read(p)).await? {
             Ok(data) => Bytes::from(data),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading action result {action}"), e)),

@@ -10,6 +10,9 @@
 //! accept. QueryWriteStatus goes to the generated server unchanged.
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -23,7 +26,8 @@ use tonic::Status;
 
 use crate::bytestream_service::{ByteStreamService, WriteChunk, MAX_MESSAGE};
 use crate::grpc_frames::{
-    put_prefix, streaming_response, trailers, unary_request, unary_response, Answer, HandFramed, HandFramedMethods,
+    compressed_message, put_prefix, streaming_response, trailers, unary_request, unary_response, Answer, HandFramed,
+    HandFramedMethods,
 };
 
 const READ_PATH: &str = "/google.bytestream.ByteStream/Read";
@@ -46,56 +50,75 @@ pub fn server(service: ByteStreamService) -> CopyFreeByteStream {
 }
 
 impl HandFramedMethods for ByteStreamService {
-    fn handler(path: &str) -> Option<fn(Self, Body) -> Answer> {
+    fn handler(path: &str) -> Option<fn(Self, http::Request<Body>) -> Answer> {
         match path {
-            READ_PATH => Some(|service, body| Box::pin(read(service, body))),
-            WRITE_PATH => Some(|service, body| Box::pin(write(service, body))),
+            READ_PATH => Some(|service, req| Box::pin(read(service, req))),
+            WRITE_PATH => Some(|service, req| Box::pin(write(service, req))),
             _ => None,
         }
     }
 }
 
-async fn write(service: ByteStreamService, body: Body) -> Result<http::Response<Body>, Status> {
-    let response = service.write_chunks(Box::pin(write_requests(body))).await?;
+async fn write(service: ByteStreamService, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+    let (parts, body) = req.into_parts();
+    let requests = write_requests(body, parts.headers, service.upload_budget());
+    let response = service.write_chunks(Box::pin(requests)).await?;
     let mut framed = BytesMut::with_capacity(5 + response.encoded_len());
     put_prefix(&mut framed, response.encoded_len());
     response.encode(&mut framed).expect("a BytesMut grows");
     Ok(unary_response(framed.freeze()))
 }
 
-/// The WriteRequests of a request body, each as soon as its last byte arrived.
-fn write_requests(body: Body) -> impl futures::Stream<Item = Result<WriteChunk, Status>> + Send + 'static {
-    stream::unfold(Some((body, Rope::default())), |state| async move {
-        let (mut body, mut rope) = state?;
-        loop {
-            if let Some((compressed, len)) = rope.prefix() {
-                if compressed {
-                    let status = Status::unimplemented(
-                        "compressed gRPC messages are not accepted by ByteStream.Write; use a compressed-blobs/ resource name",
-                    );
-                    return Some((Err(status), None));
-                }
-                if len > MAX_MESSAGE {
-                    let status = Status::out_of_range(format!(
-                        "a WriteRequest of {len} bytes is over the {MAX_MESSAGE}-byte message limit"
-                    ));
-                    return Some((Err(status), None));
-                }
-                if rope.len >= 5 + len {
-                    rope.advance(5);
-                    let message = rope.split_to(len);
-                    return Some((parse_write_request(message), Some((body, rope))));
-                }
-            }
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        rope.push(data);
+/// The WriteRequests of a request body, each as soon as its last byte
+/// arrived. A message's bytes are counted against `budget` (in KiB) from
+/// when its length is known until the store has taken it: when uploads hold
+/// the whole budget, the next message waits, and HTTP/2 flow control makes
+/// its client wait. Taking a message's whole share at once means a stream
+/// never holds part of the budget while it waits for the rest.
+fn write_requests(
+    body: Body,
+    headers: http::HeaderMap,
+    budget: Arc<Semaphore>,
+) -> impl futures::Stream<Item = Result<WriteChunk, Status>> + Send + 'static {
+    stream::unfold(Some((body, Rope::default(), None)), move |state| {
+        let (budget, headers) = (budget.clone(), headers.clone());
+        async move {
+            let (mut body, mut rope, mut share) = state?;
+            loop {
+                if let Some((compressed, len)) = rope.prefix() {
+                    if compressed {
+                        return Some((Err(compressed_message(&headers, "ByteStream.Write")), None));
+                    }
+                    if len > MAX_MESSAGE {
+                        let status = Status::out_of_range(format!(
+                            "a WriteRequest of {len} bytes is over the {MAX_MESSAGE}-byte message limit"
+                        ));
+                        return Some((Err(status), None));
+                    }
+                    if share.is_none() {
+                        let kib = len.div_ceil(1024).max(1) as u32;
+                        share = Some(budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed"));
+                    }
+                    if rope.len >= 5 + len {
+                        rope.advance(5);
+                        let message = rope.split_to(len);
+                        let chunk = parse_write_request(message).map(|mut c| {
+                            c.budget = share.take();
+                            c
+                        });
+                        return Some((chunk, Some((body, rope, None))));
                     }
                 }
-                Some(Err(status)) => return Some((Err(status), None)),
-                None if rope.len == 0 => return None,
-                None => return Some((Err(Status::internal("the write stream ended inside a message")), None)),
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            rope.push(data);
+                        }
+                    }
+                    Some(Err(status)) => return Some((Err(status), None)),
+                    None if rope.len == 0 => return None,
+                    None => return Some((Err(Status::internal("the write stream ended inside a message")), None)),
+                }
             }
         }
     })
@@ -229,8 +252,8 @@ impl Rope {
     }
 }
 
-async fn read(service: ByteStreamService, body: Body) -> Result<http::Response<Body>, Status> {
-    let message = unary_request(body, "ByteStream.Read", MAX_REQUEST).await?;
+async fn read(service: ByteStreamService, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+    let message = unary_request(req, "ByteStream.Read", MAX_REQUEST).await?;
     let request =
         ReadRequest::decode(message).map_err(|e| Status::internal(format!("could not decode ReadRequest: {e}")))?;
     let chunks = service.read_chunks(request).await?;

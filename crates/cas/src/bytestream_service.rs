@@ -20,9 +20,9 @@ use crate::compression::{Compressor, StreamDecoder, StreamEncoder};
 use crate::resource_name::ResourceName;
 use crate::store::{BlobStore, BlobWriter};
 
-/// Interrupted uploads are kept this long for a client to resume them.
-const PARTIAL_UPLOAD_TTL: Duration = Duration::from_secs(15 * 60);
 pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// A write stream that sends nothing for this long is treated as gone.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// One WriteRequest, its data as the slices it arrived in.
 #[derive(Default)]
@@ -31,6 +31,9 @@ pub(crate) struct WriteChunk {
     pub write_offset: i64,
     pub finish_write: bool,
     pub data: Vec<Bytes>,
+    /// This message's share of the upload budget, given back once the
+    /// store has taken the data.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl WriteChunk {
@@ -46,11 +49,14 @@ impl From<WriteRequest> for WriteChunk {
             write_offset: r.write_offset,
             finish_write: r.finish_write,
             data: vec![r.data],
+            budget: None,
         }
     }
 }
 
-/// An upload that may be resumed: its writer and how far it got.
+/// An upload that may be resumed: its writer and how far it got. Between
+/// streams the writer is parked (no thread, only its temp file); it is
+/// dropped, and the temp file with it, `resume_window` after its last data.
 struct UploadSlot {
     writer: tokio::sync::Mutex<Option<Box<dyn BlobWriter>>>,
     committed: AtomicU64,
@@ -73,23 +79,42 @@ pub struct ByteStreamService {
     instance_name: String,
     compressors: Vec<Compressor>,
     uploads: Arc<DashMap<String, Arc<UploadSlot>>>,
+    /// KiB of upload messages the server holds at once (hand-framed path).
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
+/// Upload data held in memory at once, across all uploads: messages being
+/// received and handed to the store (each upload's store writer holds up
+/// to 512 KiB more while it writes).
+pub const UPLOAD_BUDGET_BYTES: usize = 256 << 20;
+
 impl ByteStreamService {
-    pub fn new(store: Arc<dyn BlobStore>, instance_name: String, compressors: Vec<Compressor>) -> Self {
+    /// `resume_window`: how long an interrupted upload can be resumed.
+    pub fn new(
+        store: Arc<dyn BlobStore>,
+        instance_name: String,
+        compressors: Vec<Compressor>,
+        resume_window: Duration,
+    ) -> Self {
         let uploads: Arc<DashMap<String, Arc<UploadSlot>>> = Arc::default();
         let weak = Arc::downgrade(&uploads);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 let Some(uploads) = weak.upgrade() else { return };
+                // A writer in use (its lock held) belongs to a live stream.
                 uploads.retain(|_, slot| {
-                    slot.last_active.lock().elapsed() < PARTIAL_UPLOAD_TTL || slot.writer.try_lock().is_err()
+                    slot.last_active.lock().elapsed() < resume_window || slot.writer.try_lock().is_err()
                 });
             }
         });
-        Self { store, instance_name, compressors, uploads }
+        let budget = Arc::new(tokio::sync::Semaphore::new(UPLOAD_BUDGET_BYTES / 1024));
+        Self { store, instance_name, compressors, uploads, budget }
+    }
+
+    pub(crate) fn upload_budget(&self) -> Arc<tokio::sync::Semaphore> {
+        self.budget.clone()
     }
 
     fn check_compressor(&self, c: Compressor) -> Result<()> {
@@ -188,6 +213,7 @@ impl ByteStreamService {
         let mut msg = first;
         loop {
             if msg.write_offset != received && !compressed {
+                drop(guard);
                 return Err(Error::InvalidArgument(format!(
                     "write_offset {} does not follow the {received} bytes already sent",
                     msg.write_offset
@@ -196,18 +222,20 @@ impl ByteStreamService {
             }
             received += msg.len() as i64;
             let writer = guard.as_mut().expect("writer present");
-            match decoder.as_mut() {
-                Some(d) => {
-                    for piece in msg.data {
-                        let data = decode_blocking(d, piece).await?;
-                        if !data.is_empty() {
-                            writer.write(data).await?;
-                        }
-                    }
-                }
-                None => writer.write_pieces(msg.data).await?,
+            let written = match decoder.as_mut() {
+                Some(d) => write_decoded(d, writer.as_mut(), msg.data).await,
+                None => writer.write_pieces(msg.data).await,
+            };
+            if let Err(e) = written {
+                // Out of disk, more data than the digest says...: this upload
+                // cannot go on; its temp file goes now, not at a janitor.
+                *guard = None;
+                drop(guard);
+                self.uploads.remove(&key);
+                return Err(e.into());
             }
             slot.committed.store(writer.committed(), Ordering::Relaxed);
+            *slot.last_active.lock() = Instant::now();
             if msg.finish_write {
                 if let Some(d) = decoder.as_mut() {
                     let tail = d.finish()?;
@@ -229,27 +257,49 @@ impl ByteStreamService {
                 writer.commit().await?;
                 return Ok(WriteResponse { committed_size: if compressed { received } else { digest.size as i64 } });
             }
-            match stream.next().await.transpose() {
+            let next = match tokio::time::timeout(STREAM_IDLE, stream.next()).await {
+                Ok(next) => next.transpose(),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "the write stream for {digest} sent nothing for {}s",
+                    STREAM_IDLE.as_secs()
+                ))),
+            };
+            match next {
                 Ok(Some(next)) => msg = next,
-                // The client went away: keep the writer so it can resume.
-                Ok(None) => {
-                    if compressed {
+                // The client went away or stopped: keep what arrived for a
+                // resume (uncompressed only), without holding a thread.
+                other => {
+                    let parked = match guard.as_mut() {
+                        Some(w) if !compressed => w.park().await.is_ok(),
+                        _ => false,
+                    };
+                    if !parked {
                         *guard = None;
+                        drop(guard);
+                        self.uploads.remove(&key);
                     }
-                    return Err(Error::InvalidArgument(format!(
-                        "write stream for {digest} ended after {received} bytes without finish_write"
-                    ))
-                    .into());
-                }
-                Err(e) => {
-                    if compressed {
-                        *guard = None;
-                    }
-                    return Err(e);
+                    return Err(match other {
+                        Err(e) => e,
+                        _ => Error::InvalidArgument(format!(
+                            "write stream for {digest} ended after {received} bytes without finish_write"
+                        ))
+                        .into(),
+                    });
                 }
             }
         }
     }
+}
+
+/// Decompresses `data` and writes what it yields.
+async fn write_decoded(d: &mut StreamDecoder, writer: &mut dyn BlobWriter, data: Vec<Bytes>) -> Result<()> {
+    for piece in data {
+        let out = decode_blocking(d, piece).await?;
+        if !out.is_empty() {
+            writer.write(out).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Decompression is CPU work: keep it off the async worker threads.

@@ -12,7 +12,7 @@ use re_proto::reapi::{
     BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, Directory, FindMissingBlobsRequest, FindMissingBlobsResponse,
     GetTreeRequest, GetTreeResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
 };
-use re_proto::{check_instance, DigestInfo, Error, Result};
+use re_proto::{check_digest_function, check_instance, DigestInfo, Error, Result};
 use tonic::{Request, Response, Status};
 
 use crate::compression::{compress_all, decompress_all, Compressor};
@@ -47,7 +47,7 @@ impl CasService {
     }
 
     async fn update_one(&self, req: re_proto::reapi::batch_update_blobs_request::Request) -> Result<DigestInfo> {
-        let digest = DigestInfo::try_from(req.digest.as_ref())?;
+        let digest = DigestInfo::try_from(req.digest.as_ref()).map_err(|e| e.in_field("digest"))?;
         let data = match Compressor::from_proto(req.compressor) {
             Some(Compressor::Identity) => req.data,
             Some(c) if self.compressors.contains(&c) => decompress_all(c, &req.data, digest.size)?,
@@ -87,7 +87,8 @@ impl CasService {
             let dir = Directory::decode(raw)
                 .map_err(|e| Error::InvalidArgument(format!("blob {digest} is not a Directory: {e}")))?;
             for child in &dir.directories {
-                let d = DigestInfo::try_from(child.digest.as_ref())?;
+                let d = DigestInfo::try_from(child.digest.as_ref())
+                    .map_err(|e| e.in_field(format!("directory {digest}: directories['{}'].digest", child.name)))?;
                 if seen.insert(d) {
                     queue.push(d);
                 }
@@ -115,7 +116,14 @@ impl ContentAddressableStorage for CasService {
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let req = request.into_inner();
-        let digests = req.blob_digests.iter().map(DigestInfo::try_from).collect::<Result<Vec<_>>>().map_err(status)?;
+        check_digest_function(req.digest_function)?;
+        let digests = req
+            .blob_digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DigestInfo::try_from(d).map_err(|e| e.in_field(format!("blob_digests[{i}]"))))
+            .collect::<Result<Vec<_>>>()
+            .map_err(status)?;
         let missing = self.find_missing(&req.instance_name, &digests).await?;
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(|d| d.to_proto()).collect(),
@@ -128,6 +136,7 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
+        check_digest_function(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         if total > self.max_batch_total_size_bytes {
             return Err(Error::InvalidArgument(format!(
@@ -156,10 +165,11 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
+        check_digest_function(req.digest_function)?;
         let mut digests = Vec::with_capacity(req.digests.len());
         let mut total = 0u64;
-        for d in &req.digests {
-            let d = DigestInfo::try_from(d).map_err(status)?;
+        for (i, d) in req.digests.iter().enumerate() {
+            let d = DigestInfo::try_from(d).map_err(|e| status(e.in_field(format!("digests[{i}]"))))?;
             total += d.size;
             digests.push(d);
         }
@@ -200,7 +210,8 @@ impl ContentAddressableStorage for CasService {
     async fn get_tree(&self, request: Request<GetTreeRequest>) -> Result<Response<Self::GetTreeStream>, Status> {
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
-        let root = DigestInfo::try_from(req.root_digest.as_ref())?;
+        check_digest_function(req.digest_function)?;
+        let root = DigestInfo::try_from(req.root_digest.as_ref()).map_err(|e| e.in_field("root_digest"))?;
         let page_size = if req.page_size > 0 { req.page_size as usize } else { DEFAULT_TREE_PAGE };
         let mut offset: usize = if req.page_token.is_empty() {
             0

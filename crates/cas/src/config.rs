@@ -23,6 +23,9 @@ pub struct CasConfig {
     pub max_size_bytes: u64,
     /// fsync each blob before it becomes visible (survives power loss, slower).
     pub fsync_writes: bool,
+    /// An interrupted ByteStream upload can be resumed (QueryWriteStatus)
+    /// for this long after its last data; then its temp file is deleted.
+    pub upload_resume_seconds: u64,
 }
 
 impl Default for CasConfig {
@@ -32,6 +35,7 @@ impl Default for CasConfig {
             root_dir: PathBuf::new(),
             max_size_bytes: 10 << 30,
             fsync_writes: false,
+            upload_resume_seconds: 10,
         }
     }
 }

@@ -17,10 +17,10 @@ use futures::StreamExt;
 use re_proto::digest::DigestHasher;
 use re_proto::{DigestInfo, Error, Result};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::chunk_pool::ChunkPool;
+use crate::filesystem_writer::FsWriter;
 use crate::lru_index::LruIndex;
 use crate::pins::PinSet;
 use crate::store::{check_range, digest_mismatch, too_large, BlobStore, BlobWriter, ByteStreamChunks};
@@ -36,11 +36,12 @@ pub struct FilesystemStore {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     blobs_dir: PathBuf,
-    index: LruIndex<()>,
+    /// Each blob's [`stamp`] when it was stored.
+    pub(crate) index: LruIndex<u64>,
     pins: PinSet,
-    fsync: bool,
+    pub(crate) fsync: bool,
 }
 
 /// What the start-up scan found.
@@ -93,7 +94,7 @@ impl Shared {
         let start = Instant::now();
         std::fs::create_dir_all(&self.blobs_dir)
             .map_err(|e| Error::io(format!("creating {}", self.blobs_dir.display()), e))?;
-        let mut found: Vec<(SystemTime, DigestInfo)> = Vec::new();
+        let mut found: Vec<(SystemTime, DigestInfo, u64)> = Vec::new();
         let mut discarded = 0;
         for prefix in 0..=255u8 {
             let dir = self.blobs_dir.join(hex::encode([prefix]));
@@ -107,7 +108,7 @@ impl Shared {
                     // A file whose length differs from its name was cut short (power
                     // loss); a `.tmp-` file is an upload that can never complete.
                     (Some(d), Some(m)) if m.len() == d.size => {
-                        found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d));
+                        found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, stamp(&m)));
                     }
                     _ => {
                         discarded += 1;
@@ -116,16 +117,29 @@ impl Shared {
                 }
             }
         }
-        found.sort_unstable_by_key(|(t, _)| *t);
+        found.sort_unstable_by_key(|(t, _, _)| *t);
         let mut bytes = 0;
         let blobs = found.len();
-        for (_, d) in found {
+        for (_, d, stamp) in found {
             bytes += d.size;
-            for (old, ()) in self.index.insert(d, (), &self.pins) {
+            for (old, _) in self.index.insert(d, stamp, &self.pins) {
                 let _ = std::fs::remove_file(self.blob_path(&old));
             }
         }
         Ok(ScanReport { blobs, bytes, discarded, elapsed_ms: start.elapsed().as_millis() })
+    }
+
+    /// Whether the file behind `digest` is still the one stored: same size,
+    /// same modification time. A file changed on disk (truncated, rewritten)
+    /// is never served: it is dropped, so the client uploads it again.
+    fn still_stored(&self, digest: DigestInfo, meta: &std::fs::Metadata) -> bool {
+        let ok = meta.len() == digest.size && self.index.peek(&digest) == Some(stamp(meta));
+        if !ok {
+            tracing::warn!(%digest, "a blob file changed on disk after it was stored; dropping it");
+            self.index.remove(&digest);
+            let _ = std::fs::remove_file(self.blob_path(&digest));
+        }
+        ok
     }
 
     /// A fresh temp file name beside where `digest` will live.
@@ -136,15 +150,26 @@ impl Shared {
 
     /// Renames a verified temporary file into place and indexes it
     /// (blocking); the files of blobs this evicts are deleted in the background.
-    fn publish(&self, tmp: &std::path::Path, digest: DigestInfo) -> Result<()> {
+    pub(crate) fn publish(&self, tmp: &std::path::Path, digest: DigestInfo) -> Result<()> {
         let dest = self.blob_path(&digest);
-        if let Err(e) = std::fs::rename(tmp, &dest) {
-            let _ = std::fs::remove_file(tmp);
-            return Err(Error::io(format!("publishing blob {digest}"), e));
-        }
-        let evicted = self.index.insert(digest, (), &self.pins);
+        let renamed = match rename_noreplace(tmp, &dest) {
+            // Another upload of the same blob got there first: same bytes.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(tmp);
+                std::fs::metadata(&dest)
+            }
+            other => other.and_then(|()| std::fs::metadata(&dest)),
+        };
+        let meta = match renamed {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = std::fs::remove_file(tmp);
+                return Err(Error::io(format!("publishing blob {digest}"), e));
+            }
+        };
+        let evicted = self.index.insert(digest, stamp(&meta), &self.pins);
         if !evicted.is_empty() {
-            let paths: Vec<PathBuf> = evicted.iter().map(|(d, ())| self.blob_path(d)).collect();
+            let paths: Vec<PathBuf> = evicted.iter().map(|(d, _)| self.blob_path(d)).collect();
             tracing::debug!(count = paths.len(), "filesystem CAS evicting blobs");
             tokio::task::spawn_blocking(move || {
                 for p in paths {
@@ -154,6 +179,34 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (then AlreadyExists): a stored
+/// blob file is never replaced, so its stamp and any reader's mapping stay
+/// valid. Filesystems without RENAME_NOREPLACE get a plain rename.
+fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => std::fs::rename(from, to),
+        _ => Err(e),
+    }
+}
+
+/// What identifies a blob file's content on disk besides its size: its
+/// modification time (hard links change the ctime, not this).
+fn stamp(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mtime() as u64).wrapping_mul(1_000_000_000).wrapping_add(meta.mtime_nsec() as u64)
 }
 
 fn d_prefix(d: &DigestInfo) -> String {
@@ -190,13 +243,19 @@ impl BlobStore for FilesystemStore {
         if self.shared.index.get(&digest).is_none() {
             return Ok(None);
         }
-        let path = self.shared.blob_path(&digest);
-        let read = match digest.size <= re_proto::blocking::SMALL_READ_BYTES {
-            true => re_proto::blocking::read_small(path).await,
-            false => tokio::fs::read(path).await,
-        };
+        let shared = self.shared.clone();
+        let read = re_proto::blocking::run_small(digest.size, move || -> std::io::Result<Option<Vec<u8>>> {
+            let mut file = std::fs::File::open(shared.blob_path(&digest))?;
+            if !shared.still_stored(digest, &file.metadata()?) {
+                return Ok(None);
+            }
+            let mut data = Vec::with_capacity(digest.size as usize);
+            file.read_to_end(&mut data)?;
+            Ok(Some(data))
+        })
+        .await?;
         match read {
-            Ok(data) => Ok(Some(data.into())),
+            Ok(data) => Ok(data.map(Bytes::from)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.shared.index.remove(&digest);
                 Ok(None)
@@ -213,10 +272,11 @@ impl BlobStore for FilesystemStore {
         if self.shared.index.get(&digest).is_none() {
             return Err(Error::NotFound(format!("blob {digest} not found")));
         }
-        let path = self.shared.blob_path(&digest);
-        let opened = tokio::task::spawn_blocking(move || open_for_read(path, offset, len)).await?;
+        let shared = self.shared.clone();
+        let opened = tokio::task::spawn_blocking(move || open_for_read(&shared, digest, offset, len)).await?;
         let source = match opened {
-            Ok(s) => s,
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(Error::NotFound(format!("blob {digest} not found"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.shared.index.remove(&digest);
                 return Err(Error::NotFound(format!("blob {digest} not found")));
@@ -342,46 +402,17 @@ impl BlobStore for FilesystemStore {
             return Err(too_large(digest, self.shared.index.max_bytes()));
         }
         let tmp = self.shared.tmp_path(&digest);
-        let file = {
-            let path = tmp.clone();
-            tokio::task::spawn_blocking(move || create_upload_file(&path)).await??
-        };
-        let fsync = self.shared.fsync;
-        // Hashing and writing each get a blocking thread, so a chunk is hashed
-        // while the one before it is written and the network receives the next.
-        let (write_tx, mut write_rx) = mpsc::channel::<Pieces>(PIPELINE_DEPTH);
-        let (hash_tx, mut hash_rx) = mpsc::channel::<Pieces>(PIPELINE_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut file = file;
-            while let Some(pieces) = write_rx.blocking_recv() {
-                write_all_pieces(&mut file, &pieces).map_err(|e| Error::io(format!("writing blob {digest}"), e))?;
-            }
-            if fsync {
-                file.sync_data().map_err(|e| Error::io(format!("syncing blob {digest}"), e))?;
-            }
-            Ok(())
-        });
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut hasher = DigestHasher::new();
-            while let Some(pieces) = hash_rx.blocking_recv() {
-                for piece in pieces.iter() {
-                    hasher.update(piece);
-                }
-            }
-            hasher.finish()
-        });
-        Ok(Box::new(FsWriter {
-            shared: self.shared.clone(),
-            digest,
-            tmp: Some(tmp),
-            tx: Some((write_tx, hash_tx)),
-            worker: Some((writer, hasher)),
-            sent: 0,
-        }))
+        let path = tmp.clone();
+        let file = tokio::task::spawn_blocking(move || create_upload_file(&path)).await??;
+        Ok(Box::new(FsWriter::new(self.shared.clone(), digest, tmp, file)))
     }
 
     fn file_path(&self, digest: DigestInfo) -> Option<PathBuf> {
-        self.shared.index.get(&digest).map(|()| self.shared.blob_path(&digest))
+        // Checked as for reads: a file changed on disk is not handed out.
+        self.shared.index.get(&digest)?;
+        let path = self.shared.blob_path(&digest);
+        let meta = std::fs::metadata(&path).ok()?;
+        self.shared.still_stored(digest, &meta).then_some(path)
     }
 
     fn pin(&self, digests: &[DigestInfo]) {
@@ -395,120 +426,6 @@ impl BlobStore for FilesystemStore {
     fn size_bytes(&self) -> u64 {
         self.shared.index.total_bytes()
     }
-}
-
-/// One message's data, shared by the writing and the hashing thread.
-type Pieces = Arc<Vec<Bytes>>;
-
-struct FsWriter {
-    shared: Arc<Shared>,
-    digest: DigestInfo,
-    tmp: Option<PathBuf>,
-    /// To the disk thread and the hashing thread.
-    tx: Option<(mpsc::Sender<Pieces>, mpsc::Sender<Pieces>)>,
-    worker: Option<(JoinHandle<Result<()>>, JoinHandle<DigestInfo>)>,
-    sent: u64,
-}
-
-impl FsWriter {
-    /// A thread stopped early: surface its error.
-    async fn worker_error(&mut self) -> Error {
-        self.tx = None;
-        match self.worker.take() {
-            Some((writer, _)) => match writer.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => Error::Internal("upload hasher stopped early".into()),
-                Err(e) => e.into(),
-            },
-            None => Error::Internal("upload already finished".into()),
-        }
-    }
-}
-
-#[async_trait]
-impl BlobWriter for FsWriter {
-    async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.write_pieces(vec![data]).await
-    }
-
-    async fn write_pieces(&mut self, pieces: Vec<Bytes>) -> Result<()> {
-        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        if self.sent + len > self.digest.size {
-            return Err(Error::InvalidArgument(format!(
-                "more data than the {} bytes of blob {}",
-                self.digest.size, self.digest
-            )));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        let Some((write_tx, hash_tx)) = &self.tx else {
-            return Err(Error::Internal("upload already finished".into()));
-        };
-        // One message's pieces travel together: one hand-off and one writev each.
-        let pieces = Arc::new(pieces);
-        if hash_tx.send(pieces.clone()).await.is_err() || write_tx.send(pieces).await.is_err() {
-            return Err(self.worker_error().await);
-        }
-        self.sent += len;
-        Ok(())
-    }
-
-    fn committed(&self) -> u64 {
-        self.sent
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.tx = None;
-        let (writer, hasher) = self.worker.take().expect("commit called once");
-        let tmp = self.tmp.take().expect("commit called once");
-        let written = writer.await.map_err(Error::from).and_then(|r| r);
-        let hashed = hasher.await.map_err(Error::from);
-        let result = match (written, hashed) {
-            (Ok(()), Ok(actual)) if actual == self.digest => {
-                let (shared, tmp, digest) = (self.shared.clone(), tmp.clone(), self.digest);
-                re_proto::blocking::run(move || shared.publish(&tmp, digest)).await.and_then(|r| r)
-            }
-            (Ok(()), Ok(actual)) => Err(digest_mismatch(self.digest, actual)),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
-    }
-}
-
-impl Drop for FsWriter {
-    fn drop(&mut self) {
-        // An abandoned upload: let the disk thread finish, then delete its file.
-        if let (Some(tmp), Some((writer, _))) = (self.tmp.take(), self.worker.take()) {
-            self.tx = None;
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = writer.await;
-                    let _ = tokio::fs::remove_file(tmp).await;
-                });
-            } else {
-                let _ = std::fs::remove_file(tmp);
-            }
-        }
-    }
-}
-
-/// Writes every piece, with as few `writev` calls as the kernel allows.
-fn write_all_pieces(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<()> {
-    let mut slices: Vec<std::io::IoSlice<'_>> = pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        match file.write_vectored(rest) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Used by tests and the index-rebuild benchmark.
@@ -530,23 +447,21 @@ enum ReadSource {
 /// Reads of at least this many bytes are served from a memory map.
 const MAP_THRESHOLD: u64 = 256 * 1024;
 
-fn open_for_read(path: PathBuf, offset: u64, len: u64) -> std::io::Result<ReadSource> {
-    let mut file = std::fs::File::open(path)?;
-    let file_len = file.metadata()?.len();
-    if file_len < offset + len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("blob file holds {file_len} bytes, fewer than the {} asked for", offset + len),
-        ));
+/// Opens a blob for a read of `len` bytes from `offset`; `None` if its file
+/// is no longer the one stored (it is dropped).
+fn open_for_read(shared: &Shared, digest: DigestInfo, offset: u64, len: u64) -> std::io::Result<Option<ReadSource>> {
+    let mut file = std::fs::File::open(shared.blob_path(&digest))?;
+    if !shared.still_stored(digest, &file.metadata()?) {
+        return Ok(None);
     }
     if len < MAP_THRESHOLD {
         file.seek(SeekFrom::Start(offset))?;
-        return Ok(ReadSource::File(file));
+        return Ok(Some(ReadSource::File(file)));
     }
     // SAFETY: see `ReadSource::Mapped`: the file is immutable while it exists.
     let map = Arc::new(unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).map(&file)? });
     let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(ReadSource::Mapped { bytes: Bytes::from_owner(MapView(map.clone())), map })
+    Ok(Some(ReadSource::Mapped { bytes: Bytes::from_owner(MapView(map.clone())), map }))
 }
 
 /// Lets a shared mapping back a `Bytes`.

@@ -11,7 +11,7 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use re_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
-use re_proto::DigestInfo;
+use re_proto::{check_digest_function, DigestInfo};
 use tonic::body::Body;
 use tonic::Status;
 
@@ -38,13 +38,13 @@ pub fn server(service: CasService) -> FastFindMissingCas {
 }
 
 impl HandFramedMethods for CasService {
-    fn handler(path: &str) -> Option<fn(Self, Body) -> Answer> {
+    fn handler(path: &str) -> Option<fn(Self, http::Request<Body>) -> Answer> {
         (path == FIND_MISSING_PATH).then_some(|service, body| Box::pin(find_missing(service, body)))
     }
 }
 
-async fn find_missing(service: CasService, body: Body) -> Result<http::Response<Body>, Status> {
-    let message = unary_request(body, "FindMissingBlobs", MAX_REQUEST_BYTES).await?;
+async fn find_missing(service: CasService, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+    let message = unary_request(req, "FindMissingBlobs", MAX_REQUEST_BYTES).await?;
     let request = parse_request(&message)?;
     let missing = service.find_missing(request.instance_name, &request.digests).await?;
     Ok(unary_response(encode_response(&message, &request, &missing)))
@@ -69,16 +69,20 @@ fn parse_request(message: &[u8]) -> Result<Request<'_>, Status> {
             }
             Field::Bytes(2, digest) => {
                 let start = digest.as_ptr() as usize - message.as_ptr() as usize;
-                request.digests.push(parse_digest(digest)?);
+                let i = request.digests.len();
+                request.digests.push(parse_digest(digest, i)?);
                 request.spans.push(start..start + digest.len());
             }
-            _ => {} // digest_function and unknown fields
+            // An int32: negative values arrive as 64-bit varints.
+            Field::Varint(3, f) => check_digest_function(f as i32)?,
+            _ => {} // unknown fields
         }
     }
     Ok(request)
 }
 
-fn parse_digest(message: &[u8]) -> Result<DigestInfo, Status> {
+/// Digest `i` of the request.
+fn parse_digest(message: &[u8], i: usize) -> Result<DigestInfo, Status> {
     let (mut hash, mut size) = (&[][..], 0i64);
     let mut fields = ProtoReader::new(message);
     while let Some(field) = fields.next_field()? {
@@ -88,7 +92,7 @@ fn parse_digest(message: &[u8]) -> Result<DigestInfo, Status> {
             _ => {}
         }
     }
-    Ok(DigestInfo::from_hex_bytes(hash, size)?)
+    DigestInfo::from_hex_bytes(hash, size).map_err(|e| e.in_field(format!("blob_digests[{i}]")).into())
 }
 
 /// The response, gRPC prefix included. `missing` is a subsequence of the

@@ -25,7 +25,7 @@ pub type Answer = BoxFuture<'static, Result<http::Response<Body>, Status>>;
 /// A service some of whose methods are framed by hand.
 pub trait HandFramedMethods: Clone + Send + Sync + 'static {
     /// The handler for the method at `path`, or `None` for the generated server.
-    fn handler(path: &str) -> Option<fn(Self, Body) -> Answer>;
+    fn handler(path: &str) -> Option<fn(Self, http::Request<Body>) -> Answer>;
 }
 
 /// A generated tonic server with the methods `S` frames itself taken out of it.
@@ -66,7 +66,7 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match S::handler(req.uri().path()) {
             Some(handler) => {
-                let answer = handler(self.service.clone(), req.into_body());
+                let answer = handler(self.service.clone(), req);
                 Box::pin(async move { Ok(answer.await.unwrap_or_else(Status::into_http)) })
             }
             None => self.generated.call(req),
@@ -80,8 +80,33 @@ pub fn put_prefix(out: &mut BytesMut, len: usize) {
     out.put_u32(len as u32);
 }
 
-/// The single, uncompressed message of a unary request, at most `limit` bytes.
-pub async fn unary_request(mut body: Body, method: &str, limit: usize) -> Result<Bytes, Status> {
+/// How long a hand-framed unary request may take to arrive whole.
+const REQUEST_ARRIVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The status for a message whose compressed flag is set: the gRPC protocol
+/// makes it INTERNAL without a `grpc-encoding`, and an encoding this server
+/// does not decode is UNIMPLEMENTED.
+pub fn compressed_message(headers: &HeaderMap, method: &str) -> Status {
+    match headers.get("grpc-encoding").and_then(|v| v.to_str().ok()).filter(|e| *e != "identity") {
+        Some(e) => Status::unimplemented(format!("{method} does not accept grpc-encoding {e}; send it uncompressed")),
+        None => Status::internal(format!("{method}: a message is flagged compressed but no grpc-encoding was sent")),
+    }
+}
+
+/// The single, uncompressed message of a unary request, at most `limit`
+/// bytes, arriving within [`REQUEST_ARRIVAL`].
+pub async fn unary_request(req: http::Request<Body>, method: &str, limit: usize) -> Result<Bytes, Status> {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(REQUEST_ARRIVAL, collect_unary(body, &parts.headers, method, limit)).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the {method} request did not arrive within {}s",
+            REQUEST_ARRIVAL.as_secs()
+        ))),
+    }
+}
+
+async fn collect_unary(mut body: Body, headers: &HeaderMap, method: &str, limit: usize) -> Result<Bytes, Status> {
     let mut frames: Vec<Bytes> = Vec::new();
     let mut len = 0;
     while let Some(frame) = body.frame().await {
@@ -98,9 +123,7 @@ pub async fn unary_request(mut body: Body, method: &str, limit: usize) -> Result
         return Err(Status::internal(format!("{method} carried no request message")));
     }
     if all[0] != 0 {
-        return Err(Status::unimplemented(format!(
-            "compressed gRPC messages are not accepted by {method}; send the request uncompressed"
-        )));
+        return Err(compressed_message(headers, method));
     }
     let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
     if all.len() != 5 + len {

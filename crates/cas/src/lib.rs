@@ -8,6 +8,7 @@ pub mod chunk_pool;
 pub mod compression;
 pub mod config;
 pub mod filesystem_store;
+pub mod filesystem_writer;
 pub mod find_missing_http;
 pub mod grpc_frames;
 pub mod lru_index;

@@ -30,6 +30,11 @@ impl<V: Clone> LruIndex<V> {
         digests.iter().filter(|d| !d.is_empty_blob() && inner.entries.get(d).is_none()).copied().collect()
     }
 
+    /// The value, leaving its LRU position alone.
+    pub fn peek(&self, digest: &DigestInfo) -> Option<V> {
+        self.inner.lock().entries.peek(digest).cloned()
+    }
+
     /// The value, refreshing its LRU position.
     pub fn get(&self, digest: &DigestInfo) -> Option<V> {
         self.inner.lock().entries.get(digest).cloned()

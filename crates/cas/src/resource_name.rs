@@ -72,8 +72,12 @@ impl ResourceName {
             [hash, size, ..] => (*hash, *size),
             _ => return Err(bad(name, "missing hash or size")),
         };
-        let size: i64 = size.parse().map_err(|_| bad(name, "size is not a number"))?;
-        let digest = DigestInfo::from_hex(hash, size)?;
+        // Digits only: `+33` or ` 33` would be another name for the same blob.
+        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(name, "size is not a decimal number"));
+        }
+        let size: i64 = size.parse().map_err(|_| bad(name, "size is out of range"))?;
+        let digest = DigestInfo::from_hex(hash, size).map_err(|e| bad(name, &e.to_string()))?;
         Ok(Self { instance, upload_id, compressor, digest })
     }
 }
@@ -103,6 +107,8 @@ mod tests {
             "nothing".to_string(),
             format!("blobs/{H}"),
             format!("blobs/{H}/x"),
+            format!("blobs/{H}/+0"),
+            format!("blobs/{}/0", H.to_uppercase()),
             format!("compressed-blobs/lz4/{H}/0"),
             format!("blobs/blake3/{H}/0"),
             "blobs/abc/1".to_string(),

@@ -59,6 +59,11 @@ pub trait BlobWriter: Send {
     }
     /// Bytes accepted so far.
     fn committed(&self) -> u64;
+    /// The client went away: finish what was received and hold nothing but
+    /// the upload's state, so it can be resumed from `committed`.
+    async fn park(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Verifies size and hash, then makes the blob visible.
     async fn commit(self: Box<Self>) -> Result<()>;
 }

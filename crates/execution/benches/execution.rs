@@ -92,7 +92,7 @@ fn materialise(c: &mut Criterion) {
     let raw = Bytes::from(root.encode_to_vec());
     let root_digest = DigestInfo::of_bytes(&raw);
     rt.block_on(cas.put(root_digest, raw)).unwrap();
-    let tree = rt.block_on(input_tree::resolve(cas.as_ref(), root_digest)).unwrap();
+    let tree = rt.block_on(input_tree::resolve(cas.as_ref(), root_digest, 1_000_000)).unwrap();
     let mut group = c.benchmark_group("materialise_1000_files");
     group.sample_size(10);
     for (name, mode) in [("hardlink", LinkMode::HardLink), ("copy", LinkMode::Copy)] {
@@ -106,7 +106,7 @@ fn materialise(c: &mut Criterion) {
     }
     group.finish();
     c.bench_function("resolve_input_tree_1000_files", |b| {
-        b.iter(|| rt.block_on(input_tree::resolve(cas.as_ref(), root_digest)).unwrap())
+        b.iter(|| rt.block_on(input_tree::resolve(cas.as_ref(), root_digest, 1_000_000)).unwrap())
     });
 }
 

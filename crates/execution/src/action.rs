@@ -60,21 +60,32 @@ async fn fetch<M: Message + Default>(cas: &dyn BlobStore, d: DigestInfo, what: &
     }
 }
 
-pub async fn prepare(
-    cas: &dyn BlobStore,
-    action_digest: DigestInfo,
-    default_timeout: Duration,
-    max_timeout: Duration,
-) -> Result<PreparedAction> {
+/// What the pool allows one action.
+#[derive(Debug, Clone, Copy)]
+pub struct ActionLimits {
+    /// When the Action sets no timeout.
+    pub default_timeout: Duration,
+    /// A longer Action.timeout is refused (the spec requires it).
+    pub max_timeout: Duration,
+    /// Files, directories and symlinks of the input tree.
+    pub max_input_entries: usize,
+    /// Disk an action may use for its inputs and what it writes.
+    pub max_disk_bytes: u64,
+}
+
+pub async fn prepare(cas: &dyn BlobStore, action_digest: DigestInfo, limits: &ActionLimits) -> Result<PreparedAction> {
+    let ActionLimits { default_timeout, max_timeout, max_input_entries, max_disk_bytes } = *limits;
     let missing = |blobs: Vec<DigestInfo>| Error::MissingBlobs {
         message: "the action's inputs are not all in the CAS".into(),
         blobs,
     };
     let action: Action = fetch(cas, action_digest, "Action").await?.ok_or_else(|| missing(vec![action_digest]))?;
-    let command_digest = DigestInfo::try_from(action.command_digest.as_ref())?;
-    let root_digest = DigestInfo::try_from(action.input_root_digest.as_ref())?;
+    let command_digest =
+        DigestInfo::try_from(action.command_digest.as_ref()).map_err(|e| e.in_field("Action.command_digest"))?;
+    let root_digest =
+        DigestInfo::try_from(action.input_root_digest.as_ref()).map_err(|e| e.in_field("Action.input_root_digest"))?;
     let command: Option<Command> = fetch(cas, command_digest, "Command").await?;
-    let inputs = input_tree::resolve(cas, root_digest).await;
+    let inputs = input_tree::resolve(cas, root_digest, max_input_entries).await;
     let (command, inputs) = match (command, inputs) {
         (Some(c), Ok(i)) => (c, i),
         (c, Err(Error::MissingBlobs { mut blobs, .. })) => {
@@ -87,6 +98,13 @@ pub async fn prepare(
         (_, Err(e)) => return Err(e),
     };
     validate_command(&command)?;
+    let input_bytes: u64 = inputs.files.iter().map(|f| f.digest.size).sum();
+    if input_bytes > max_disk_bytes {
+        return Err(Error::ResourceExhausted(format!(
+            "the action's inputs take {input_bytes} bytes, more than this server gives one action \
+             (max_action_disk_bytes = {max_disk_bytes})"
+        )));
+    }
     let (working_directory, outputs) = resolve_paths(&command)?;
 
     let timeout = match &action.timeout {

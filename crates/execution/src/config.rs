@@ -54,6 +54,11 @@ pub struct PoolConfig {
     pub result_ttl_seconds: u64,
     /// An action nobody waits on any more is cancelled after this long.
     pub abandon_grace_seconds: u64,
+    /// Entries (files, directories, symlinks) of one action's input tree.
+    pub max_input_entries: usize,
+    /// Disk one action may use: its inputs, and what it writes while it runs
+    /// (an action that writes more is killed with RESOURCE_EXHAUSTED).
+    pub max_action_disk_bytes: u64,
     /// Per-property match mode: `exact` (default), `minimum`, `ignore`.
     pub platform_match: HashMap<String, MatchMode>,
     /// Worker groups; without any, one host group with one worker per CPU.
@@ -69,6 +74,8 @@ impl Default for PoolConfig {
             max_task_timeout_seconds: 24 * 3600,
             result_ttl_seconds: 300,
             abandon_grace_seconds: 60,
+            max_input_entries: 1_000_000,
+            max_action_disk_bytes: 16 << 30,
             platform_match: HashMap::new(),
             workers: Vec::new(),
         }
@@ -76,6 +83,15 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
+    pub fn action_limits(&self) -> crate::action::ActionLimits {
+        crate::action::ActionLimits {
+            default_timeout: std::time::Duration::from_secs(self.default_task_timeout_seconds),
+            max_timeout: std::time::Duration::from_secs(self.max_task_timeout_seconds),
+            max_input_entries: self.max_input_entries,
+            max_disk_bytes: self.max_action_disk_bytes,
+        }
+    }
+
     fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
         if self.scheduler_interval_ms == 0 {
             return Err(ConfigError::new("scheduler_interval_ms", "must be at least 1"));

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use re_proto::google::longrunning::Operation as OperationProto;
 use re_proto::reapi::execution_server::{Execution, ExecutionServer};
 use re_proto::reapi::{ExecuteRequest, WaitExecutionRequest};
-use re_proto::{check_instance, Error};
+use re_proto::{check_digest_function, check_instance, Error};
 use tonic::{Request, Response, Status};
 
 use crate::scheduler::{Scheduler, WaiterGuard};
@@ -63,6 +63,7 @@ impl Execution for ExecutionService {
             re_proto::request_metadata(request.metadata()).map(|m| m.tool_invocation_id).unwrap_or_default();
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
+        check_digest_function(req.digest_function)?;
         let op = self.scheduler.execute(&req, invocation).await?;
         Ok(Response::new(operation_stream(self.scheduler.watch(op))))
     }

@@ -1,5 +1,7 @@
 //! Runs actions as processes on this machine: a fresh directory per action,
 //! a clean environment, its own process group (killed with the action).
+//! Each action directory records its process group (`leftovers.rs`), so
+//! processes a killed server left behind are stopped when it starts again.
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -48,8 +50,11 @@ impl HostLauncher {
             config.env_whitelist.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
         let work_dir = config.work_dir.join(&id);
         std::fs::create_dir_all(&work_dir).map_err(|e| Error::io(format!("creating {}", work_dir.display()), e))?;
-        let link_mode = if config.link_inputs { LinkMode::HardLink } else { LinkMode::Copy };
-        Ok(Self { id, properties, work_dir, base_env, user: config.user_ids(), link_mode })
+        crate::leftovers::reap(&work_dir);
+        let user = config.user_ids();
+        let share = config.link_inputs && crate::user::may_share_cas_files(user.map(|u| u.uid));
+        let link_mode = if share { LinkMode::HardLink } else { LinkMode::Copy };
+        Ok(Self { id, properties, work_dir, base_env, user, link_mode })
     }
 }
 
@@ -117,12 +122,19 @@ impl Launcher for HostLauncher {
         &self,
         cmd: &mut tokio::process::Command,
         job: &PreparedAction,
-        _dir: &ActionDir,
+        dir: &ActionDir,
         cancel: &CancellationToken,
     ) -> Result<Exit> {
         let program = &job.command.arguments[0];
+        let since = crate::leftovers::Since::now();
         let mut child = cmd.spawn().map_err(|e| Error::InvalidArgument(format!("cannot start '{program}': {e}")))?;
         let pgid = child.id().map(|p| p as i32);
+        if let Some(pg) = pgid {
+            let scratch = dir.scratch.clone();
+            re_proto::blocking::run(move || crate::leftovers::record(&scratch, pg, since))
+                .await?
+                .map_err(|e| Error::io("recording the action's process group", e))?;
+        }
         let mut error = None;
         let status = tokio::select! {
             s = child.wait() => Some(s.map_err(|e| Error::io("waiting for action", e))?),

@@ -20,6 +20,7 @@ pub mod docker;
 pub mod execution_service;
 pub mod host_worker;
 pub mod input_tree;
+pub mod leftovers;
 pub mod operation;
 pub mod operations_service;
 pub mod outputs;

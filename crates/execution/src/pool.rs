@@ -25,6 +25,7 @@ pub async fn start_pool(
         return Ok(None);
     }
     let mut workers: Vec<Arc<dyn Worker>> = Vec::new();
+    let max_disk = config.pool.max_action_disk_bytes;
     let (mut host_n, mut docker_n) = (0, 0);
     for group in &config.pool.workers {
         match group {
@@ -33,7 +34,7 @@ pub async fn start_pool(
                     host_n += 1;
                     let launcher = HostLauncher::new(format!("host-worker-{host_n}"), h)?;
                     info!("Registered host worker: {}", crate::run_frame::Launcher::id(&launcher));
-                    workers.push(Arc::new(ActionFrame::new(launcher, cas.clone())));
+                    workers.push(Arc::new(ActionFrame::new(launcher, cas.clone(), max_disk)));
                 }
             }
             WorkerConfig::Docker(d) => {
@@ -42,7 +43,7 @@ pub async fn start_pool(
                     let id = format!("docker-worker-{docker_n}");
                     let launcher = DockerLauncher::new(id.clone(), d)?;
                     info!("Registered docker worker: {id} (engine {}, image {})", launcher.engine(), d.image);
-                    workers.push(Arc::new(ActionFrame::new(launcher, cas.clone())));
+                    workers.push(Arc::new(ActionFrame::new(launcher, cas.clone(), max_disk)));
                 }
             }
         }

@@ -80,6 +80,13 @@ impl Queue {
         Some(job)
     }
 
+    /// Takes every queued job out (shutdown).
+    pub fn drain(&mut self) -> Vec<QueuedJob> {
+        let levels = std::mem::take(&mut self.levels);
+        self.len = 0;
+        levels.into_values().flat_map(|l| l.by_invocation.into_values()).flatten().collect()
+    }
+
     /// Names of the queued operations for which `pred` holds.
     pub fn names_where(&self, mut pred: impl FnMut(&QueuedJob) -> bool) -> Vec<String> {
         let jobs = self.levels.values().flat_map(|l| l.by_invocation.values()).flatten();

@@ -105,17 +105,64 @@ pub trait Launcher: Send + Sync + 'static {
     }
     /// Undoes what `stage` made that must not outlive the action.
     async fn release(&self, _staged: Self::Staged) {}
+    /// The server is stopping: release what lives between actions.
+    async fn shutdown(&self) {}
 }
 
 /// A worker: one launcher in the frame.
 pub struct ActionFrame<L> {
     launcher: L,
     cas: Arc<dyn BlobStore>,
+    /// `max_action_disk_bytes`: what an action's directory may hold.
+    max_disk_bytes: u64,
 }
 
+/// How often a running action's directory is measured.
+const DISK_CHECK: Duration = Duration::from_secs(1);
+
 impl<L: Launcher> ActionFrame<L> {
-    pub fn new(launcher: L, cas: Arc<dyn BlobStore>) -> Self {
-        Self { launcher, cas }
+    pub fn new(launcher: L, cas: Arc<dyn BlobStore>, max_disk_bytes: u64) -> Self {
+        Self { launcher, cas, max_disk_bytes }
+    }
+
+    /// The execute phase: the launcher runs the process while its directory
+    /// is measured; one that grows past `max_disk_bytes` is stopped.
+    async fn execute(
+        &self,
+        staged: &mut L::Staged,
+        job: &PreparedAction,
+        dir: &ActionDir,
+        cancel: &CancellationToken,
+    ) -> Result<Exit> {
+        let stop = cancel.child_token();
+        let run = self.launcher.run(staged, job, dir, &stop);
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + DISK_CHECK, DISK_CHECK);
+        let mut used = None;
+        let exit = loop {
+            tokio::select! {
+                exit = &mut run => break exit,
+                _ = tick.tick(), if used.is_none() => {
+                    let scratch = dir.scratch.clone();
+                    let bytes = tokio::task::spawn_blocking(move || disk_use(&scratch)).await?;
+                    if bytes > self.max_disk_bytes {
+                        used = Some(bytes);
+                        stop.cancel();
+                    }
+                }
+            }
+        };
+        match used {
+            Some(bytes) if !cancel.is_cancelled() => Ok(Exit {
+                code: -1,
+                error: Some(Error::ResourceExhausted(format!(
+                    "killed: the action's directory grew to {bytes} bytes, more than this server gives one \
+                     action (max_action_disk_bytes = {})",
+                    self.max_disk_bytes
+                ))),
+            }),
+            _ => exit,
+        }
     }
 
     pub fn launcher(&self) -> &L {
@@ -138,7 +185,7 @@ impl<L: Launcher> ActionFrame<L> {
 
         let mut staged = self.launcher.stage(plan, job, dir, cancel).await?;
         meta.execution_start_timestamp = Some(now());
-        let exit = self.launcher.run(&mut staged, job, dir, cancel).await;
+        let exit = self.execute(&mut staged, job, dir, cancel).await;
         meta.execution_completed_timestamp = Some(now());
 
         let uploaded = match exit {
@@ -178,6 +225,10 @@ impl<L: Launcher> Worker for ActionFrame<L> {
 
     async fn is_healthy(&self) -> bool {
         self.launcher.is_healthy().await
+    }
+
+    async fn shutdown(&self) {
+        self.launcher.shutdown().await
     }
 
     async fn run(&self, job: &PreparedAction, queued_at: SystemTime, cancel: CancellationToken) -> RunOutcome {
@@ -238,6 +289,26 @@ async fn prepare(
         }
     })
     .await?
+}
+
+/// Bytes of the files below `dir` (each file once, however many links).
+fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }
 
 /// Removes an action directory, even if the action made parts read-only.

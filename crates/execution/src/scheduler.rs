@@ -1,7 +1,7 @@
 //! The pool scheduler: admits Execute requests (cache lookup, in-flight
 //! deduplication, input checks, platform feasibility, queue limit), hands
 //! queued actions to idle workers, and records results.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +15,7 @@ use re_proto::{DigestInfo, Error, Result};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::action::{prepare, PreparedAction};
+use crate::action::{prepare, ActionLimits, PreparedAction};
 use crate::config::PoolConfig;
 use crate::operation::Operation;
 use crate::platform::{PlatformMatcher, Properties};
@@ -35,6 +35,11 @@ pub struct Scheduler {
     ac: Arc<dyn ActionCacheStore>,
     matcher: PlatformMatcher,
     workers: Vec<Arc<WorkerSlot>>,
+    /// Set by `shutdown`: no new action is admitted or started.
+    stopping: AtomicBool,
+    /// Actions being run by a worker; `idle` is notified when one ends.
+    running: AtomicUsize,
+    idle: Notify,
     queue: Mutex<Queue>,
     wakeup: Notify,
     operations: DashMap<String, Arc<Operation>>,
@@ -42,8 +47,7 @@ pub struct Scheduler {
     in_flight: DashMap<DigestInfo, Arc<Operation>>,
     max_queue_size: usize,
     interval: Duration,
-    default_timeout: Duration,
-    max_timeout: Duration,
+    limits: ActionLimits,
     result_ttl: Duration,
     abandon_grace: Duration,
 }
@@ -64,14 +68,16 @@ impl Scheduler {
                 .into_iter()
                 .map(|worker| Arc::new(WorkerSlot { worker, healthy: AtomicBool::new(true) }))
                 .collect(),
+            stopping: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
             queue: Mutex::new(Queue::default()),
             wakeup: Notify::new(),
             operations: DashMap::new(),
             in_flight: DashMap::new(),
             max_queue_size: config.max_queue_size,
             interval: Duration::from_millis(config.scheduler_interval_ms.max(1)),
-            default_timeout: Duration::from_secs(config.default_task_timeout_seconds),
-            max_timeout: Duration::from_secs(config.max_task_timeout_seconds),
+            limits: config.action_limits(),
             result_ttl: Duration::from_secs(config.result_ttl_seconds),
             abandon_grace: Duration::from_secs(config.abandon_grace_seconds),
         });
@@ -111,7 +117,10 @@ impl Scheduler {
 
     /// Admits an action and returns the operation to watch.
     pub async fn execute(&self, req: &ExecuteRequest, invocation: String) -> Result<Arc<Operation>> {
-        let digest = DigestInfo::try_from(req.action_digest.as_ref())?;
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("this server is shutting down; retry the action".into()));
+        }
+        let digest = DigestInfo::try_from(req.action_digest.as_ref()).map_err(|e| e.in_field("action_digest"))?;
         if !req.skip_cache_lookup {
             if let Some(result) = self.ac.get(digest).await? {
                 debug!(action = %digest, "Execute served from the action cache");
@@ -133,7 +142,7 @@ impl Scheduler {
             return Ok(op);
         }
 
-        let job = prepare(self.cas.as_ref(), digest, self.default_timeout, self.max_timeout).await?;
+        let job = prepare(self.cas.as_ref(), digest, &self.limits).await?;
         let offered: Vec<&Properties> = self.workers.iter().map(|w| w.worker.properties()).collect();
         if let Some(blame) = self.matcher.never_matchable(&offered, &job.platform) {
             let wanted: Vec<String> = blame.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -230,6 +239,9 @@ impl Scheduler {
         let worker = &slot.worker;
         loop {
             let Some(s) = sched.upgrade() else { return };
+            if s.stopping.load(Ordering::Acquire) {
+                return;
+            }
             let ok = worker.is_healthy().await;
             slot.healthy.store(ok, Ordering::Relaxed);
             if !ok {
@@ -262,8 +274,14 @@ impl Scheduler {
             return;
         }
         op.set_executing();
+        self.running.fetch_add(1, Ordering::AcqRel);
         debug!(action = %job.action_digest, operation = %op.name, worker = worker.id(), "action started");
         let mut outcome = worker.run(&job, queued_at, op.cancel.clone()).await;
+        if self.stopping.load(Ordering::Acquire) && matches!(outcome.error, Some(Error::Cancelled(_))) {
+            outcome.error = Some(Error::Unavailable(
+                "the server shut down while the action ran and stopped it; run it again".into(),
+            ));
+        }
         debug!(
             action = %job.action_digest,
             worker = worker.id(),
@@ -276,6 +294,48 @@ impl Scheduler {
         // After the client has its answer: the worker's leftovers go.
         if let Some(cleanup) = cleanup {
             cleanup.await;
+        }
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.idle.notify_waiters();
+    }
+
+    /// Stops the pool (SIGTERM): no new action is admitted or started, queued
+    /// ones are answered UNAVAILABLE at once, running ones may finish within
+    /// `grace` and are then stopped; last, workers release what they keep
+    /// between actions (warm containers).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::Release);
+        self.wakeup.notify_waiters();
+        let queued = self.queue.lock().drain();
+        for item in queued {
+            let error = Error::Unavailable("the server is shutting down; the action did not start; retry it".into());
+            self.finish(&item.op, &item.job, None, Some(error)).await;
+        }
+        if !self.wait_idle(grace).await {
+            let running: Vec<Arc<Operation>> =
+                self.operations.iter().filter(|o| !o.is_done()).map(|o| o.clone()).collect();
+            warn!(count = running.len(), "shutdown grace period over; stopping the actions still running");
+            for op in running {
+                op.cancel.cancel();
+            }
+            self.wait_idle(Duration::from_secs(10)).await;
+        }
+        for slot in &self.workers {
+            slot.worker.shutdown().await;
+        }
+    }
+
+    /// Waits until no action runs, at most `limit`; true if none does.
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.running.load(Ordering::Acquire) == 0;
+            }
         }
     }
 

@@ -58,6 +58,16 @@ fn lookup_group(group: &str) -> std::result::Result<u32, ConfigError> {
     }
 }
 
+/// Whether an action running as `uid` may be handed the CAS's own files
+/// as hard links. Only a user that can neither write nor chmod them: not
+/// root, and not the server's user, who owns them. Anyone else gets copies,
+/// so no action can change what the CAS serves (the rule for every worker).
+pub fn may_share_cas_files(uid: Option<u32>) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let server = unsafe { libc::geteuid() };
+    uid.is_some_and(|uid| uid != 0 && uid != server)
+}
+
 /// The first existing directory on the way to `path` that `ids` may not
 /// enter (no search permission), or `None` if the whole way is open.
 pub fn unreachable_dir(path: &Path, ids: UserIds) -> Option<std::path::PathBuf> {

@@ -31,4 +31,6 @@ pub trait Worker: Send + Sync + 'static {
     }
     /// Runs one action queued at `queued_at`; must stop promptly when `cancel` fires.
     async fn run(&self, job: &PreparedAction, queued_at: SystemTime, cancel: CancellationToken) -> RunOutcome;
+    /// The server is stopping and no action runs: release what outlives actions.
+    async fn shutdown(&self) {}
 }

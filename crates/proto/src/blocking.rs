@@ -25,11 +25,20 @@ pub fn may_block() -> bool {
 /// Files at most this big are read where they are needed, on any thread.
 pub const SMALL_READ_BYTES: u64 = 64 * 1024;
 
-/// Reads a file known to be small (an Action, Command or Directory proto, an
-/// action result: typically a few hundred bytes). From the page cache that
-/// takes a few microseconds, less than handing it to another thread.
-pub async fn read_small(path: std::path::PathBuf) -> std::io::Result<Vec<u8>> {
-    std::fs::read(path)
+/// Runs `f`, file work on about `bytes` bytes: in place when they are few
+/// (an Action, Command or Directory proto, an action result: typically a
+/// few hundred bytes, a few microseconds from the page cache, less than a
+/// hand-off to another thread), else as [`run`] does.
+pub async fn run_small<T, F>(bytes: u64, f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if bytes <= SMALL_READ_BYTES {
+        Ok(f())
+    } else {
+        run(f).await
+    }
 }
 
 /// Runs `f` here if this thread may block, else on tokio's blocking pool.

@@ -32,7 +32,9 @@ impl DigestInfo {
         Self { hash: Sha256::digest(data).into(), size: data.len() as u64 }
     }
 
-    /// Parses a lower- or upper-case 64-character hex hash and a size.
+    /// Parses a 64-character lower-case hex hash and a size. Upper case is
+    /// refused: the same blob must have one name, or a client could hold two
+    /// names for it and the server fold them silently.
     pub fn from_hex(hash: &str, size: i64) -> Result<Self, Error> {
         if size < 0 {
             return Err(Error::InvalidArgument(format!("digest {hash}/{size}: size must not be negative")));
@@ -40,7 +42,7 @@ impl DigestInfo {
         match decode_hash(hash.as_bytes()) {
             Some(out) => Ok(Self { hash: out, size: size as u64 }),
             None => Err(Error::InvalidArgument(format!(
-                "digest {hash}/{size}: hash must be 64 hex characters (SHA-256 is the only digest function served)"
+                "digest {hash}/{size}: hash must be 64 lower-case hex characters (SHA-256 is the only digest function served)"
             ))),
         }
     }
@@ -80,7 +82,9 @@ fn decode_hash(hex: &[u8]) -> Option<[u8; 32]> {
     }
     // SIMD where the CPU has it: FindMissingBlobs decodes thousands per call.
     let mut out = [0u8; 32];
-    faster_hex::hex_decode(hex, &mut out).ok().map(|()| out)
+    // Valid hex first (SIMD), then no upper-case letter (vectorised scan).
+    let decoded = faster_hex::hex_decode(hex, &mut out).is_ok();
+    (decoded && !hex.iter().any(|b| (b'A'..=b'F').contains(b))).then_some(out)
 }
 
 impl TryFrom<&Digest> for DigestInfo {
@@ -172,7 +176,7 @@ mod tests {
         }
         assert_eq!(DigestInfo::from_hex_bytes(d.hash_hex().as_bytes(), 5).unwrap(), d);
         let upper = d.hash_hex().to_uppercase();
-        assert_eq!(DigestInfo::from_hex(&upper, 5).unwrap(), d);
+        assert!(DigestInfo::from_hex(&upper, 5).is_err(), "upper case is another name for the same blob");
         assert_eq!(d.hash_hex(), hex::encode(Sha256::digest(b"hello")));
         // Every byte value round-trips.
         for k in 0..8 {

@@ -41,6 +41,15 @@ impl Error {
         Error::Io { context: context.into(), source }
     }
 
+    /// Names the request field an INVALID_ARGUMENT is about
+    /// (`blob_digests[3]: digest ...: hash must be ...`).
+    pub fn in_field(self, field: impl std::fmt::Display) -> Self {
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{field}: {m}")),
+            other => other,
+        }
+    }
+
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {

@@ -58,6 +58,23 @@ pub fn request_metadata(md: &tonic::metadata::MetadataMap) -> Option<reapi::Requ
     reapi::RequestMetadata::decode(raw).ok()
 }
 
+/// Rejects a `digest_function` other than SHA-256 (or unset, which means it).
+/// Requests name their digest function since REAPI 2.3; this server hashes
+/// with SHA-256 only, so any other value would make it misread every digest.
+pub fn check_digest_function(value: i32) -> Result<()> {
+    use reapi::digest_function::Value;
+    match Value::try_from(value) {
+        Ok(Value::Unknown) | Ok(Value::Sha256) => Ok(()),
+        Ok(other) => Err(Error::InvalidArgument(format!(
+            "digest_function: {} is not served; this server hashes with SHA256 only",
+            other.as_str_name()
+        ))),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "digest_function: {value} is not a known digest function; this server hashes with SHA256 only"
+        ))),
+    }
+}
+
 /// Rejects a request for an instance this server does not serve.
 pub fn check_instance(served: &str, requested: &str) -> Result<()> {
     if served == requested {

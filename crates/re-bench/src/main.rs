@@ -117,6 +117,13 @@ pub struct Opts {
     /// exec-*, bazel-like: platform property KEY=VALUE for each action (repeatable).
     #[arg(long)]
     pub platform: Vec<String>,
+    /// exec-noop: input files every action gets (one input root shared by all
+    /// actions, uploaded before timing); 0 = an empty input root.
+    #[arg(long, default_value_t = 0)]
+    pub input_files: usize,
+    /// exec-noop: size of each of those input files.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub input_size: u64,
     /// exec-noop: set skip_cache_lookup on ExecuteRequest.
     #[arg(long)]
     pub skip_cache_lookup: bool,

@@ -205,6 +205,12 @@ impl Launcher for DockerLauncher {
         archive::download_outputs(&docker, container, &dir.root, &job.outputs).await
     }
 
+    async fn shutdown(&self) {
+        if let (Some(warm), Ok(docker)) = (&self.warm, self.engine.client()) {
+            warm.shutdown(&docker).await;
+        }
+    }
+
     async fn release(&self, staged: Staged) {
         let Ok(docker) = self.engine.client() else { return };
         match (staged, &self.warm) {

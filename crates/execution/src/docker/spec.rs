@@ -135,13 +135,11 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// Hard links share the CAS's inodes: only a numeric uid that is neither
-/// root nor the server's own uid surely cannot chmod and rewrite them.
+/// Hard links share the CAS's inodes: only for a numeric container user the
+/// shared rule allows (a name could be root inside the image).
 pub fn may_hard_link(user: Option<&str>) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let server = unsafe { libc::geteuid() };
     let uid = user.and_then(|u| u.split(':').next()).and_then(|u| u.parse::<u32>().ok());
-    uid.is_some_and(|uid| uid != 0 && uid != server)
+    crate::user::may_share_cas_files(uid)
 }
 
 pub fn is_root(user: &str) -> bool {

@@ -307,6 +307,15 @@ impl WarmContainer {
         }
     }
 
+    /// Removes the warm container now (server shutdown), rather than letting
+    /// its lease run out.
+    pub async fn shutdown(&self, docker: &Docker) {
+        let current = self.slot.lock().await.take();
+        if let Some(w) = current {
+            self.remove(docker, &w.id).await;
+        }
+    }
+
     /// A started container to exec actions in, matching `spec`.
     async fn warm_container<'a>(
         &self,

@@ -6,12 +6,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use prost::Message;
 use re_proto::google::longrunning::operation;
-use re_proto::reapi::{ExecuteRequest, ExecuteResponse};
+use re_proto::reapi::{Directory, ExecuteRequest, ExecuteResponse, FileNode};
 use re_proto::DigestInfo;
 
 use super::{per_sec, workers};
 use crate::conn::Stubs;
-use crate::data::{platform, ActionBlobs};
+use crate::data::{blob, platform, ActionBlobs, Blob};
 use crate::stats::{Bound, Recorder, RunResult};
 use crate::Ctx;
 
@@ -84,8 +84,33 @@ async fn run_one(
     Ok(resp)
 }
 
+/// The input root every exec-noop action gets: `--input-files` files of
+/// `--input-size` bytes, uploaded once, before timing.
+async fn shared_input_root(ctx: &Ctx) -> anyhow::Result<DigestInfo> {
+    let o = &ctx.opts;
+    if o.input_files == 0 {
+        return Ok(DigestInfo::EMPTY);
+    }
+    let mut stubs = ctx.clients.stubs();
+    let mut files = Vec::new();
+    for i in 0..o.input_files {
+        let b = Blob::new(blob(ctx.nonce, i as u64, o.input_size as usize));
+        if b.data.len() as u64 > stubs.max_batch / 2 {
+            stubs.bytestream_write(b.digest, b.data.clone(), o.chunk as usize).await?;
+        } else {
+            stubs.batch_upload(std::slice::from_ref(&b)).await?;
+        }
+        files.push(FileNode { name: format!("in{i:05}"), digest: Some(b.digest.into()), ..Default::default() });
+    }
+    let root = Blob::of_message(&Directory { files, ..Default::default() });
+    stubs.batch_upload(std::slice::from_ref(&root)).await?;
+    eprintln!("re-bench: every action reads {} input files of {} bytes", o.input_files, o.input_size);
+    Ok(root.digest)
+}
+
 pub async fn noop(ctx: &Ctx, repeat: usize) -> anyhow::Result<Vec<RunResult>> {
     require_exec(ctx)?;
+    let input_root = shared_input_root(ctx).await?;
     let args = Arc::new(ctx.command_args());
     let platform = Arc::new(platform(&ctx.opts.platform)?);
     let mut out = Vec::new();
@@ -104,7 +129,7 @@ pub async fn noop(ctx: &Ctx, repeat: usize) -> anyhow::Result<Vec<RunResult>> {
                         &args,
                         &format!("{nonce:x}-{run}-{i}"),
                         platform.as_ref().as_ref(),
-                        DigestInfo::EMPTY,
+                        input_root,
                     );
                     let resp = run_one(&mut stubs, &mut rec, &a, skip).await?;
                     if resp.cached_result {
