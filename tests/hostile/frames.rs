@@ -111,6 +111,9 @@ fn write_message(d: &Digest, data: &[u8], offset: i64, finish: bool) -> Vec<u8> 
     .encode_to_vec()
 }
 
+/// What a case sends (name, grpc-encoding, frames) and the status it must get.
+type Case<'a> = (&'a str, Option<&'a str>, Vec<Vec<u8>>, i32);
+
 const INTERNAL: i32 = Code::Internal as i32;
 const UNIMPLEMENTED: i32 = Code::Unimplemented as i32;
 const OK: i32 = Code::Ok as i32;
@@ -124,7 +127,7 @@ async fn unary_frames_that_lie_get_the_grpc_statuses() {
     let honest = raw_call(&addr, FIND_MISSING, None, vec![framed(false, msg.len() as u32, &msg)], false).await;
     assert_eq!(honest.grpc_status, Some(OK), "{honest:?}");
 
-    let cases: Vec<(&str, Option<&str>, Vec<Vec<u8>>, i32)> = vec![
+    let cases: Vec<Case> = vec![
         ("a prefix longer than the data", None, vec![framed(false, msg.len() as u32 + 100, &msg)], INTERNAL),
         ("a prefix shorter than the data", None, vec![framed(false, 3, &msg)], INTERNAL),
         ("a truncated prefix", None, vec![vec![0, 0, 0]], INTERNAL),
@@ -149,7 +152,7 @@ async fn write_streams_that_lie_or_reset_are_refused_and_the_server_keeps_servin
     let data = common::pseudo_random(100_000, 9);
     let d = digest(&data);
     let first = write_message(&d, &data[..50_000], 0, false);
-    let cases: Vec<(&str, Option<&str>, Vec<Vec<u8>>, i32)> = vec![
+    let cases: Vec<Case> = vec![
         ("the stream ends inside a message", None, vec![framed(false, first.len() as u32 + 10, &first)], INTERNAL),
         ("compressed, no encoding", None, vec![framed(true, first.len() as u32, &first)], INTERNAL),
         ("compressed with gzip", Some("gzip"), vec![framed(true, first.len() as u32, &first)], UNIMPLEMENTED),
