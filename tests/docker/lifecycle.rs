@@ -118,3 +118,49 @@ async fn stale_containers_are_removed_when_the_worker_starts() {
     }
     stop_and_expect_no_leak(&mut server, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_removes_warm_containers_at_once_and_sigkill_leaves_none_after_a_restart() {
+    if !docker_ready() {
+        return;
+    }
+    let config = ServerConfig::memory().docker_workers(IMAGE, "count = 2\nwarm = true\n").toml();
+    let mut server = TestServer::start(&config);
+    let ch = server.channel().await;
+    let (a, b) = (in_image("echo a"), in_image("echo b"));
+    let (c1, c2) = (ch.clone(), ch.clone());
+    let (ra, rb) = tokio::join!(run_ok(&c1, &a), run_ok(&c2, &b));
+    assert_ne!(worker_of(&ra.0), worker_of(&rb.0), "both workers made a warm container");
+    assert_eq!(containers_of(None, server.data_dir()).len(), 2);
+    // SIGTERM: gone when the server has exited, not a lease (15 s) later.
+    let data = server.data_dir().to_path_buf();
+    let took = server.terminate(Duration::from_secs(30)).expect("the server exits");
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    assert_eq!(containers_of(None, &data), Vec::<String>::new(), "warm containers left after SIGTERM");
+
+    // SIGKILL in the middle of an action: after a restart none is left.
+    let mut server = TestServer::start(&config);
+    let ch = server.channel().await;
+    let spec = in_image("sleep 300");
+    let digest = spec.upload(&ch, "").await;
+    let c = ch.clone();
+    let running = tokio::spawn(async move { run(&c, "", &digest, &ExecOpts::default()).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers_of(None, server.data_dir()).is_empty() {
+        assert!(Instant::now() < deadline, "no container started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+    let _ = running.await;
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !containers_of(None, server.data_dir()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers of the killed server remain: {:?}",
+            containers_of(None, server.data_dir())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_and_expect_no_leak(&mut server, None);
+}
