@@ -75,7 +75,7 @@ async fn write(service: ByteStreamService, req: http::Request<Body>) -> Result<h
 /// the whole budget, the next message waits, and HTTP/2 flow control makes
 /// its client wait. Taking a message's whole share at once means a stream
 /// never holds part of the budget while it waits for the rest.
-fn write_requests(
+pub(crate) fn write_requests(
     body: Body,
     headers: http::HeaderMap,
     budget: Arc<Semaphore>,

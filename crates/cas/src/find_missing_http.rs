@@ -51,14 +51,14 @@ async fn find_missing(service: CasService, req: http::Request<Body>) -> Result<h
 }
 
 /// What the handler needs of a FindMissingBlobsRequest.
-struct Request<'a> {
+pub(crate) struct Request<'a> {
     instance_name: &'a str,
-    digests: Vec<DigestInfo>,
+    pub(crate) digests: Vec<DigestInfo>,
     /// Where each digest's Digest message lies in the request.
     spans: Vec<Range<usize>>,
 }
 
-fn parse_request(message: &[u8]) -> Result<Request<'_>, Status> {
+pub(crate) fn parse_request(message: &[u8]) -> Result<Request<'_>, Status> {
     let mut request = Request { instance_name: "", digests: Vec::new(), spans: Vec::new() };
     let mut fields = ProtoReader::new(message);
     while let Some(field) = fields.next_field()? {
@@ -98,7 +98,7 @@ fn parse_digest(message: &[u8], i: usize) -> Result<DigestInfo, Status> {
 /// The response, gRPC prefix included. `missing` is a subsequence of the
 /// request's digests (the store keeps request order), so each is answered
 /// with the bytes the client sent for it.
-fn encode_response(message: &[u8], request: &Request<'_>, missing: &[DigestInfo]) -> Bytes {
+pub(crate) fn encode_response(message: &[u8], request: &Request<'_>, missing: &[DigestInfo]) -> Bytes {
     let mut spans = Vec::with_capacity(missing.len());
     let mut next = missing.iter().peekable();
     for (d, span) in request.digests.iter().zip(&request.spans) {

@@ -10,6 +10,8 @@ pub mod config;
 pub mod filesystem_store;
 pub mod filesystem_writer;
 pub mod find_missing_http;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc_frames;
 pub mod lru_index;
 pub mod memory_store;
