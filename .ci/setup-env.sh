@@ -150,6 +150,12 @@ if [[ "${SKIP_IMAGE:-0}" != 1 ]]; then
   image_status="re-server-test/busybox:latest present"
 fi
 
+# ---- 5. cargo-fuzz (fuzz/run.sh; the nightly toolchain is on these machines) --
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz"
+  cargo install cargo-fuzz --locked -q
+fi
+
 log "SUMMARY: OK: docker $server ($dockerd_how, storage $storage); $image_status;" \
   "bazel $(command -v bazel); busybox $(command -v busybox);" \
   "grpcurl $(command -v grpcurl)$([[ -L /usr/local/bin/grpcurl ]] && echo ' (+ /usr/local/bin/grpcurl)')"

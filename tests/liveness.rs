@@ -137,8 +137,17 @@ async fn a_full_disk_is_resource_exhausted_keeps_every_blob_and_recovers() {
     for i in 0..40u64 {
         let blob = common::pseudo_random(2 << 20, 500 + i);
         let d = digest(&blob);
-        let mut bs = ByteStreamClient::new(ch.clone()).max_encoding_message_size(4 << 20);
-        let msgs = vec![write_req(&upload_resource("", &d), &blob, 0, true)];
+        // Many messages: the disk fills in the middle of an upload.
+        let resource = upload_resource("", &d);
+        let msgs: Vec<WriteRequest> = blob
+            .chunks(64 << 10)
+            .enumerate()
+            .map(|(n, c)| {
+                let name = if n == 0 { resource.as_str() } else { "" };
+                write_req(name, c, (n * (64 << 10)) as i64, (n + 1) * (64 << 10) >= blob.len())
+            })
+            .collect();
+        let mut bs = ByteStreamClient::new(ch.clone());
         match bs.write(tokio_stream::iter(msgs)).await {
             Ok(_) => stored.push((d, blob)),
             Err(e) => {

@@ -148,6 +148,12 @@ pub struct Opts {
     /// bazel-like: never call Execute; store results with UpdateActionResult as a cache-only client does.
     #[arg(long)]
     pub no_exec: bool,
+    /// bazel-like: recover from eviction as Bazel does instead of failing:
+    /// a cached action whose result is gone is run again, and an Execute
+    /// refused for MISSING inputs re-uploads them and retries (3 times).
+    /// Both are counted (evicted_hits, missing_retries).
+    #[arg(long)]
+    pub recover: bool,
 }
 
 /// Parses `4096`, `4K`, `4KiB`, `256MiB`, `1G`... (K/M/G are powers of 1024 too).

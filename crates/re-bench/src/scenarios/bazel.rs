@@ -35,8 +35,31 @@ struct Setup {
     platform: Option<Platform>,
     shared: Vec<Blob>,
     /// Actions whose results are in the action cache, with their outputs.
-    hits: Vec<(DigestInfo, Vec<DigestInfo>)>,
+    hits: Vec<CachedAction>,
     execute: bool,
+}
+
+/// An action the client ran once and cached: what it takes to cache it again.
+struct CachedAction {
+    action: ActionBlobs,
+    outputs: [Blob; 2],
+}
+
+impl CachedAction {
+    fn result(&self) -> ActionResult {
+        ActionResult {
+            output_files: vec![output_file("out/lib.o", &self.outputs[0]), output_file("out/lib.d", &self.outputs[1])],
+            exit_code: 0,
+            ..Default::default()
+        }
+    }
+
+    /// Uploads its blobs and stores its result, as a client that ran it does.
+    async fn store(&self, stubs: &mut Stubs) -> anyhow::Result<()> {
+        let (a, o) = (&self.action, &self.outputs);
+        stubs.batch_upload(&[a.command.clone(), a.action.clone(), o[0].clone(), o[1].clone()]).await?;
+        update_action_result(stubs, a.action.digest, self.result()).await
+    }
 }
 
 fn output_file(path: &str, b: &Blob) -> OutputFile {
@@ -70,16 +93,11 @@ async fn setup(ctx: &Ctx) -> anyhow::Result<Setup> {
     stubs.batch_upload(&shared).await?;
     let mut hits = Vec::new();
     for h in 0..o.distinct.max(1) as u64 {
-        let a = ActionBlobs::new(&args, &format!("{:x}-hit-{h}", ctx.nonce), platform.as_ref(), DigestInfo::EMPTY);
+        let action = ActionBlobs::new(&args, &format!("{:x}-hit-{h}", ctx.nonce), platform.as_ref(), DigestInfo::EMPTY);
         let outputs = [Blob::new(blob(ctx.nonce, 2 << 40 | h, 2048)), Blob::new(blob(ctx.nonce, 3 << 40 | h, 300))];
-        stubs.batch_upload(&[a.command.clone(), a.action.clone(), outputs[0].clone(), outputs[1].clone()]).await?;
-        let result = ActionResult {
-            output_files: vec![output_file("out/lib.o", &outputs[0]), output_file("out/lib.d", &outputs[1])],
-            exit_code: 0,
-            ..Default::default()
-        };
-        update_action_result(&mut stubs, a.action.digest, result).await?;
-        hits.push((a.action.digest, outputs.iter().map(|b| b.digest).collect()));
+        let cached = CachedAction { action, outputs };
+        cached.store(&mut stubs).await?;
+        hits.push(cached);
     }
     pb.finish_and_clear();
     Ok(Setup { args, platform, shared, hits, execute: ctx.clients.exec_enabled && !o.no_exec })
@@ -92,6 +110,10 @@ struct Tally {
     misses: AtomicU64,
     uploaded_blobs: AtomicU64,
     uploaded_bytes: AtomicU64,
+    /// `--recover`: cached actions found evicted (run and cached again).
+    evicted_hits: AtomicU64,
+    /// `--recover`: Execute refused for MISSING inputs, re-uploaded, retried.
+    missing_retries: AtomicU64,
 }
 
 pub async fn run(ctx: &Ctx, repeat: usize, params: &mut BTreeMap<String, String>) -> anyhow::Result<Vec<RunResult>> {
@@ -109,11 +131,16 @@ pub async fn run(ctx: &Ctx, repeat: usize, params: &mut BTreeMap<String, String>
                 while let Some(i) = bound.next() {
                     let mut rng = Rng::new(nonce ^ ((run as u64) << 56) ^ i.wrapping_mul(0x9e37_79b9));
                     if rng.next_f64() < o.hit_rate {
-                        let (action, outputs) = &s.hits[rng.range(0, s.hits.len() as u64 - 1) as usize];
+                        let cached = &s.hits[rng.range(0, s.hits.len() as u64 - 1) as usize];
                         let t = Instant::now();
-                        hit(&mut stubs, &mut rec, *action, outputs).await?;
+                        if hit(&mut stubs, &mut rec, cached, o.recover).await? {
+                            tally.hits.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            // Evicted: the client runs it and caches it again.
+                            cached.store(&mut stubs).await?;
+                            tally.evicted_hits.fetch_add(1, Ordering::Relaxed);
+                        }
                         rec.record("action (end to end)", t.elapsed());
-                        tally.hits.fetch_add(1, Ordering::Relaxed);
                     } else {
                         let salt = format!("{nonce:x}-{run}-{i}");
                         miss(&mut stubs, &mut rec, &s, &o, &mut rng, &salt, nonce, &tally).await?;
@@ -132,7 +159,9 @@ pub async fn run(ctx: &Ctx, repeat: usize, params: &mut BTreeMap<String, String>
                 .counter("hits", tally.hits.load(Ordering::Relaxed))
                 .counter("misses", tally.misses.load(Ordering::Relaxed))
                 .counter("up_blobs", tally.uploaded_blobs.load(Ordering::Relaxed))
-                .counter("up_bytes", tally.uploaded_bytes.load(Ordering::Relaxed)),
+                .counter("up_bytes", tally.uploaded_bytes.load(Ordering::Relaxed))
+                .counter("evicted_hits", tally.evicted_hits.load(Ordering::Relaxed))
+                .counter("missing_retries", tally.missing_retries.load(Ordering::Relaxed)),
         );
     }
     Ok(out)
@@ -155,8 +184,15 @@ async fn get_action_result(
     }
 }
 
-async fn hit(stubs: &mut Stubs, rec: &mut Recorder, action: DigestInfo, outputs: &[DigestInfo]) -> anyhow::Result<()> {
+/// A cache hit: true if the result and its outputs came back; false if
+/// they were evicted and `recover` (else an error).
+async fn hit(stubs: &mut Stubs, rec: &mut Recorder, cached: &CachedAction, recover: bool) -> anyhow::Result<bool> {
+    let action = cached.action.action.digest;
+    let outputs: Vec<DigestInfo> = cached.outputs.iter().map(|b| b.digest).collect();
     let Some(result) = get_action_result(stubs, rec, action).await? else {
+        if recover {
+            return Ok(false);
+        }
         bail!("GetActionResult: action {action} should be cached but was not found (evicted?)");
     };
     if result.output_files.len() != outputs.len() {
@@ -170,10 +206,52 @@ async fn hit(stubs: &mut Stubs, rec: &mut Recorder, action: DigestInfo, outputs:
     let resp = rec.time("BatchReadBlobs", stubs.cas.batch_read_blobs(req)).await.context("BatchReadBlobs")?;
     for r in resp.into_inner().responses {
         if let Some(s) = r.status.filter(|s| s.code != 0) {
+            if recover && s.code == tonic::Code::NotFound as i32 {
+                return Ok(false);
+            }
             bail!("BatchReadBlobs: {:?}: code {} {}", r.digest, s.code, s.message);
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Uploads what of `all` the server lacks: FindMissingBlobs, then batches
+/// and ByteStream for the large ones. Returns (blobs, bytes) uploaded.
+async fn upload_missing(
+    stubs: &mut Stubs,
+    rec: &mut Recorder,
+    all: &[Blob],
+    chunk: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let req = FindMissingBlobsRequest {
+        instance_name: stubs.instance.clone(),
+        blob_digests: all.iter().map(|b| b.digest.into()).collect(),
+        digest_function: 0,
+    };
+    let missing =
+        rec.time("FindMissingBlobs", stubs.cas.find_missing_blobs(req)).await.context("FindMissingBlobs")?.into_inner();
+    let missing: HashSet<DigestInfo> = missing
+        .missing_blob_digests
+        .iter()
+        .map(DigestInfo::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("FindMissingBlobs returned a bad digest: {e}"))?;
+    let (large, small): (Vec<&Blob>, Vec<&Blob>) =
+        all.iter().filter(|b| missing.contains(&b.digest)).partition(|b| b.digest.size > BYTESTREAM_THRESHOLD);
+    let small: Vec<Blob> = small.into_iter().cloned().collect();
+    for group in batches(&small, stubs.max_batch) {
+        rec.time("BatchUpdateBlobs", stubs.batch_upload_one(group)).await?;
+    }
+    for b in &large {
+        rec.time("ByteStream.Write", stubs.bytestream_write(b.digest, b.data.clone(), chunk)).await?;
+    }
+    let n = (small.len() + large.len()) as u64;
+    Ok((n, small.iter().map(|b| b.digest.size).chain(large.iter().map(|b| b.digest.size)).sum()))
+}
+
+/// Whether Execute was refused because inputs are missing (FAILED_PRECONDITION).
+fn missing_inputs(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::FailedPrecondition)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -222,32 +300,24 @@ async fn miss(
     all.extend([dir, a.command.clone(), a.action.clone()]);
     let mut seen = HashSet::new();
     all.retain(|b| seen.insert(b.digest));
-    let req = FindMissingBlobsRequest {
-        instance_name: stubs.instance.clone(),
-        blob_digests: all.iter().map(|b| b.digest.into()).collect(),
-        digest_function: 0,
-    };
-    let missing =
-        rec.time("FindMissingBlobs", stubs.cas.find_missing_blobs(req)).await.context("FindMissingBlobs")?.into_inner();
-    let missing: HashSet<DigestInfo> = missing
-        .missing_blob_digests
-        .iter()
-        .map(DigestInfo::try_from)
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("FindMissingBlobs returned a bad digest: {e}"))?;
-    let (large, small): (Vec<Blob>, Vec<Blob>) =
-        all.into_iter().filter(|b| missing.contains(&b.digest)).partition(|b| b.digest.size > BYTESTREAM_THRESHOLD);
-    for group in batches(&small, stubs.max_batch) {
-        rec.time("BatchUpdateBlobs", stubs.batch_upload_one(group)).await?;
-    }
-    for b in &large {
-        rec.time("ByteStream.Write", stubs.bytestream_write(b.digest, b.data.clone(), o.chunk as usize)).await?;
-    }
-    tally.uploaded_blobs.fetch_add((small.len() + large.len()) as u64, Ordering::Relaxed);
-    tally.uploaded_bytes.fetch_add(small.iter().chain(&large).map(|b| b.digest.size).sum::<u64>(), Ordering::Relaxed);
+    let (blobs, bytes) = upload_missing(stubs, rec, &all, o.chunk as usize).await?;
+    tally.uploaded_blobs.fetch_add(blobs, Ordering::Relaxed);
+    tally.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
 
     if s.execute {
-        let resp = rec.time("Execute", execute(stubs, a.action.digest, false)).await?;
+        let mut attempt = 0;
+        let resp = loop {
+            match rec.time("Execute", execute(stubs, a.action.digest, false)).await {
+                Ok(resp) => break resp,
+                // Evicted between the upload and Execute: upload again, retry.
+                Err(e) if o.recover && attempt < 3 && missing_inputs(&e) => {
+                    attempt += 1;
+                    tally.missing_retries.fetch_add(1, Ordering::Relaxed);
+                    upload_missing(stubs, rec, &all, o.chunk as usize).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if resp.cached_result {
             bail!("Execute: a new action {} was served from the cache", a.action.digest);
         }

@@ -22,6 +22,27 @@ pub(super) async fn execute(
     action: DigestInfo,
     skip_cache_lookup: bool,
 ) -> anyhow::Result<ExecuteResponse> {
+    let resp = execute_response(stubs, action, skip_cache_lookup).await?;
+    if let Some(s) = resp.status.as_ref().filter(|s| s.code != 0) {
+        bail!("Execute: action {action} failed: code {} {}", s.code, s.message);
+    }
+    let Some(result) = resp.result.as_ref() else { bail!("Execute: action {action}: response without ActionResult") };
+    if result.exit_code != 0 {
+        bail!(
+            "Execute: action {action} exited with {} (stderr: {})",
+            result.exit_code,
+            String::from_utf8_lossy(&result.stderr_raw)
+        );
+    }
+    Ok(resp)
+}
+
+/// Calls Execute and returns the final ExecuteResponse whatever its status.
+pub(super) async fn execute_response(
+    stubs: &mut Stubs,
+    action: DigestInfo,
+    skip_cache_lookup: bool,
+) -> anyhow::Result<ExecuteResponse> {
     let req = ExecuteRequest {
         instance_name: stubs.instance.clone(),
         skip_cache_lookup,
@@ -41,19 +62,6 @@ pub(super) async fn execute(
             }
             None => bail!("Execute: operation {} is done but has no result", op.name),
         };
-        if let Some(s) = resp.status.as_ref().filter(|s| s.code != 0) {
-            bail!("Execute: action {action} failed: code {} {}", s.code, s.message);
-        }
-        let Some(result) = resp.result.as_ref() else {
-            bail!("Execute: action {action}: response without ActionResult")
-        };
-        if result.exit_code != 0 {
-            bail!(
-                "Execute: action {action} exited with {} (stderr: {})",
-                result.exit_code,
-                String::from_utf8_lossy(&result.stderr_raw)
-            );
-        }
         // Read to the end of the stream rather than dropping it: a client that
         // resets thousands of finished streams makes h2 servers answer
         // GOAWAY(ENHANCE_YOUR_CALM, "too_many_internal_resets").
