@@ -63,3 +63,61 @@ fn bazel_builds_and_tests_remotely() {
         r.summary_line()
     );
 }
+
+/// Uploads `total` bytes of new blobs, pushing older ones out of the CAS.
+fn flood_the_cas(server: &common::TestServer, total: usize) {
+    use re_proto::google::bytestream::byte_stream_client::ByteStreamClient;
+    use re_proto::google::bytestream::WriteRequest;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = server.channel().await;
+        for i in 0..(total / (8 << 20)) as u64 {
+            let blob = common::pseudo_random(8 << 20, 0xf100d + i);
+            let d = common::digest(&blob);
+            let msgs: Vec<WriteRequest> = blob
+                .chunks(1 << 20)
+                .enumerate()
+                .map(|(n, c)| WriteRequest {
+                    resource_name: if n == 0 { common::upload_resource("main", &d) } else { String::new() },
+                    write_offset: (n << 20) as i64,
+                    finish_write: (n + 1) << 20 >= blob.len(),
+                    data: bytes::Bytes::copy_from_slice(c),
+                })
+                .collect();
+            ByteStreamClient::new(ch.clone()).write(tokio_stream::iter(msgs)).await.expect("filler upload");
+        }
+    });
+}
+
+#[test]
+fn bazel_recovers_when_the_cas_evicted_everything_it_had_built() {
+    if !common::require_tool("bazel") {
+        return;
+    }
+    // A CAS of 128 MiB: the workspace's outputs (one of 40 MiB) fit, but not
+    // beside 256 MiB of other blobs.
+    let config = ServerConfig::filesystem().instance("main").cas("max_size_bytes = 134217728").host_workers(2);
+    let server = common::TestServer::start(&config.toml());
+    let ws = BazelWorkspace::new();
+    let exec = format!("--remote_executor={}", server.grpc_url());
+    let remote = [
+        exec.as_str(),
+        "--remote_instance_name=main",
+        "--spawn_strategy=remote",
+        "--remote_local_fallback=false",
+        "--remote_default_exec_properties=OSFamily=linux",
+    ];
+    let r = ws.run("build", &[&["//..."], &remote[..]].concat());
+    assert!(r.success, "first build failed:\n{}", r.output);
+    let built = outputs(&ws.bazel_bin());
+
+    flood_the_cas(&server, 256 << 20);
+    // Results whose outputs are gone are misses now; Bazel uploads its
+    // inputs again, the actions run again, and the build is the same.
+    assert!(ws.run("clean", &[]).success);
+    let r = ws.run("build", &[&["//..."], &remote[..]].concat());
+    assert!(r.success, "build after eviction failed:\n{}\nserver logs:\n{}", r.output, server.logs());
+    let p = r.processes();
+    assert!(p.get("remote").copied().unwrap_or(0) >= 10, "actions ran again: {}", r.summary_line());
+    assert_eq!(outputs(&ws.bazel_bin()), built, "the rebuilt outputs are the same");
+}
