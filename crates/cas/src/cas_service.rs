@@ -39,6 +39,10 @@ impl CasService {
         Self { store, instance_name, max_batch_total_size_bytes, compressors }
     }
 
+    pub(crate) fn max_batch_bytes(&self) -> u64 {
+        self.max_batch_total_size_bytes
+    }
+
     /// FindMissingBlobs, whichever way the request was decoded: the digests
     /// not stored, in request order (present ones are refreshed).
     pub(crate) async fn find_missing(&self, instance_name: &str, digests: &[DigestInfo]) -> Result<Vec<DigestInfo>> {

@@ -22,6 +22,9 @@ use crate::grpc_frames::{
 };
 
 const FIND_MISSING_PATH: &str = "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs";
+/// What a batch request may carry besides its blobs' data (digests, names).
+const BATCH_FRAMING_BYTES: usize = 4 << 20;
+
 /// `FindMissingBlobsResponse.missing_blob_digests` is field 2, length-delimited.
 const MISSING_KEY: u8 = (2 << 3) | 2;
 
@@ -31,8 +34,11 @@ pub type FastFindMissingCas = HandFramed<CasService, ContentAddressableStorageSe
 /// The gRPC service to mount: FindMissingBlobs decoded here, every other
 /// method by the generated server.
 pub fn server(service: CasService) -> FastFindMissingCas {
+    // A batch request holds at most max_batch_total_size_bytes of data plus
+    // its digests; nothing larger is decoded into memory.
+    let decode_limit = (service.max_batch_bytes() as usize).saturating_add(BATCH_FRAMING_BYTES).min(MAX_REQUEST_BYTES);
     let generated = ContentAddressableStorageServer::new(service.clone())
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_decoding_message_size(decode_limit)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
     FastFindMissingCas::new(service, generated)
 }
