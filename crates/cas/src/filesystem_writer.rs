@@ -27,9 +27,10 @@ struct State {
     hasher: DigestHasher,
 }
 
-/// A batch on its way to disk: the file comes back from one thread, the
-/// hasher from the other.
-type InFlight = (JoinHandle<std::io::Result<std::fs::File>>, JoinHandle<DigestHasher>);
+/// A batch on its way to disk; the file and the hasher come back with it.
+/// One handle for both, so a caller dropped while it waits (a client reset
+/// its stream) leaves it here to be awaited again, never half taken.
+type InFlight = JoinHandle<(std::io::Result<std::fs::File>, Result<DigestHasher>)>;
 
 pub(crate) struct FsWriter {
     shared: Arc<Shared>,
@@ -63,15 +64,17 @@ impl FsWriter {
 
     /// Waits for the batch in flight; its file and hasher come back.
     async fn land(&mut self) -> Result<()> {
-        let Some((write, hash)) = self.in_flight.take() else {
+        let Some(in_flight) = self.in_flight.as_mut() else {
             return match self.state {
                 Some(_) => Ok(()),
                 None => Err(Error::Internal(format!("the upload of {} failed earlier", self.digest))),
             };
         };
-        let (written, hasher) = (write.await?, hash.await?);
+        let landed = in_flight.await;
+        self.in_flight = None;
+        let (written, hasher) = landed?;
         let file = written.map_err(|e| Error::io(format!("writing blob {}", self.digest), e))?;
-        self.state = Some(State { file, hasher });
+        self.state = Some(State { file, hasher: hasher? });
         Ok(())
     }
 
@@ -86,14 +89,17 @@ impl FsWriter {
         let batch = Arc::new(std::mem::take(&mut self.pending));
         self.pending_len = 0;
         let to_hash = batch.clone();
-        let write = tokio::task::spawn_blocking(move || write_all_pieces(&mut file, &batch).map(|()| file));
-        let hash = tokio::task::spawn_blocking(move || {
-            for piece in to_hash.iter() {
-                hasher.update(piece);
-            }
-            hasher
-        });
-        self.in_flight = Some((write, hash));
+        self.in_flight = Some(tokio::spawn(async move {
+            let write = tokio::task::spawn_blocking(move || write_all_pieces(&mut file, &batch).map(|()| file));
+            let hash = tokio::task::spawn_blocking(move || {
+                for piece in to_hash.iter() {
+                    hasher.update(piece);
+                }
+                hasher
+            });
+            let (written, hashed) = tokio::join!(write, hash);
+            (written.unwrap_or_else(|e| Err(std::io::Error::other(e))), hashed.map_err(Error::from))
+        }));
         Ok(())
     }
 
@@ -167,10 +173,10 @@ impl Drop for FsWriter {
         }
         let tmp = std::mem::take(&mut self.tmp);
         match self.in_flight.take() {
-            Some((write, hash)) => {
+            Some(in_flight) => {
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move {
-                        let _ = (write.await, hash.await);
+                        let _ = in_flight.await;
                         let _ = tokio::fs::remove_file(tmp).await;
                     });
                 }
