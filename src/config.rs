@@ -37,6 +37,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 streams (RPCs in flight) per connection.
     pub max_streams_per_connection: u32,
+    /// The status page, its JSON API and `/metrics`, kept off the gRPC port;
+    /// empty turns the HTTP surface off.
+    pub http_address: String,
+    /// A file whose first line is the token the HTTP API's POST routes (and,
+    /// off loopback, its GET routes) require as `Authorization: Bearer`.
+    pub admin_token_file: Option<PathBuf>,
+    /// Record Prometheus metrics (served at `/metrics`).
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -48,7 +56,40 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 60,
             max_connections: 1024,
             max_streams_per_connection: 256,
+            http_address: "127.0.0.1:8981".into(),
+            admin_token_file: None,
+            metrics: true,
         }
+    }
+}
+
+impl ServerConfig {
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        self.address
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::new("address", format!("'{}' is not HOST:PORT: {e}", self.address)))?;
+        if !self.http_address.is_empty() {
+            self.http_address.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError::new(
+                    "http_address",
+                    format!("'{}' is not HOST:PORT (or \"\" for none): {e}", self.http_address),
+                )
+            })?;
+        }
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new("admin_token_file", format!("cannot read {}: {e}", path.display())))?;
+            if text.lines().next().unwrap_or("").trim().len() < 16 {
+                return Err(ConfigError::new(
+                    "admin_token_file",
+                    format!("{}: the token (its first line) must have at least 16 characters", path.display()),
+                ));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            self.data_dir = default_data_dir();
+        }
+        Ok(())
     }
 }
 
@@ -116,6 +157,8 @@ pub struct Overrides {
     pub address: Option<String>,
     /// `--data-dir`: `[server] data_dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--http-address`: `[server] http_address`.
+    pub http_address: Option<String>,
 }
 
 /// A configuration problem, reported as one line naming file, key and reason.
@@ -157,17 +200,15 @@ impl Config {
         if let Some(d) = &overrides.data_dir {
             config.server.data_dir = d.clone();
         }
+        if let Some(a) = &overrides.http_address {
+            config.server.http_address = a.clone();
+        }
         config.resolve().map_err(fail)?;
         Ok(config)
     }
 
     fn resolve(&mut self) -> Result<(), ConfigError> {
-        self.server.address.parse::<std::net::SocketAddr>().map_err(|e| {
-            ConfigError::new("server.address", format!("'{}' is not HOST:PORT: {e}", self.server.address))
-        })?;
-        if self.server.data_dir.as_os_str().is_empty() {
-            self.server.data_dir = default_data_dir();
-        }
+        self.server.resolve().map_err(|e| e.within("server"))?;
         let data_dir = self.server.data_dir.clone();
         self.capabilities.resolve().map_err(|e| e.within("capabilities"))?;
         self.storage.cas.resolve(&data_dir).map_err(|e| e.within("storage.cas"))?;

@@ -4,6 +4,8 @@
 mod capabilities;
 mod config;
 mod listener;
+mod logging;
+mod worker_logs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,10 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::capabilities::CapabilitiesService;
 use crate::config::{Config, Overrides, DEFAULT_CONFIG};
-
-/// re-server's own crates: `--verbose` turns on their debug logs only (the
-/// dependencies' debug output, bollard's and h2's above all, drowns them).
-const OWN_CRATES: [&str; 5] = ["re_server", "re_proto", "re_cas", "re_action_cache", "re_execution"];
+use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +44,13 @@ struct Args {
     /// Base directory for storage paths the config leaves unset.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Address of the status page, its API and /metrics, overriding
+    /// [server] http_address ("" turns them off).
+    #[arg(long)]
+    http_address: Option<String>,
+    /// Server log on stderr as text or as one JSON object a line.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// ByteStream transfers allocate and free buffers of a few hundred KiB (HTTP/2
@@ -65,20 +71,7 @@ fn keep_transfer_buffers() {
 fn main() -> ExitCode {
     keep_transfer_buffers();
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let mut directives = vec!["info".to_string()];
-        if args.verbose {
-            directives.extend(OWN_CRATES.iter().map(|c| format!("{c}=debug")));
-        }
-        tracing_subscriber::EnvFilter::new(directives.join(","))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-
-    let overrides = Overrides { address: args.address, data_dir: args.data_dir };
+    let overrides = Overrides { address: args.address, data_dir: args.data_dir, http_address: args.http_address };
     let loaded = match &args.config {
         Some(path) => Config::load(path, &overrides),
         None => Config::parse(DEFAULT_CONFIG, "<embedded default config>", &overrides),
@@ -90,9 +83,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let executes =
+        config.capabilities.exec_enabled && config.execution.backend != re_execution::config::ExecutionBackend::None;
+    let worker_logs = executes.then(|| config.server.data_dir.join("logs"));
+    logging::init(args.verbose, args.log_format, worker_logs);
+    // Forked now, while the server is small and has one thread (see re_execution::spawner).
+    let spawner = if executes {
+        // SAFETY: no thread has been started yet (the runtime comes next).
+        match unsafe { re_execution::spawner::Spawner::start() } {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("re-server: cannot start the process spawner: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let served = runtime.block_on(serve(config));
+    let served = runtime.block_on(serve(config, spawner));
     // Blocking tasks still running (a read for a client already gone) are not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match served {
@@ -105,17 +115,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    config: Config,
+    spawner: Option<re_execution::spawner::Spawner>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let instance = config.server.instance_name.clone();
     let caps = &config.capabilities;
 
+    let metrics = config.server.metrics.then(|| Arc::new(re_metrics::Metrics::new()));
+    // Read before anything starts: a token file that went away is an error now.
+    let admin = re_status::AdminToken::load(config.server.admin_token_file.as_deref())
+        .map_err(|e| format!("server.admin_token_file: {e}"))?;
+
     info!("Initializing storage...");
     let cas_config = &config.storage.cas;
-    let cas = re_cas::open_store(cas_config).await?;
+    let mut cas = re_cas::open_store(cas_config).await?;
+    if let Some(m) = &metrics {
+        cas = Arc::new(re_cas::metered::MeteredStore::new(cas, m.clone()));
+    }
     info!(backend = ?cas_config.backend, max_size_bytes = cas_config.max_size_bytes, "CAS ready");
     let ac = re_action_cache::open_store(&config.storage.action_cache).await?;
     // Results are served only while their outputs are all in the CAS.
-    let ac: Arc<dyn re_action_cache::ActionCacheStore> = Arc::new(CompletenessCheckingStore::new(ac, cas.clone()));
+    let mut ac: Arc<dyn re_action_cache::ActionCacheStore> = Arc::new(CompletenessCheckingStore::new(ac, cas.clone()));
+    if let Some(m) = &metrics {
+        ac = Arc::new(re_action_cache::metered::MeteredActionCache::new(ac, m.clone()));
+    }
     info!(backend = ?config.storage.action_cache.backend, "Action cache ready");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -143,7 +167,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let scheduler = if caps.exec_enabled {
         info!("Initializing execution...");
-        re_execution::start_pool(&config.execution, cas.clone(), ac.clone()).await?
+        re_execution::start_pool(&config.execution, cas.clone(), ac.clone(), metrics.clone(), spawner).await?
     } else {
         None
     };
@@ -170,10 +194,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.address))?;
     let local = listener.local_addr()?;
-    info!(instance_name = %instance, "Starting server on {local}");
 
-    let incoming = listener::incoming(listener, config.server.max_connections);
-    // SIGTERM or ^C flips `stop`: the listener stops accepting, then the pool drains.
+    // SIGTERM or ^C flips `stop`: the listeners stop accepting, then the pool drains.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut accepting = stopping.clone();
     let mut stopping = stopping;
@@ -181,6 +203,28 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
+    let http = if config.server.http_address.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.server.http_address)
+            .await
+            .map_err(|e| format!("cannot listen on {} (server.http_address): {e}", config.server.http_address))?;
+        let state = re_status::StatusState {
+            scheduler: scheduler.clone(),
+            metrics: metrics.clone(),
+            cas: cas.clone(),
+            admin,
+            open_reads: false,
+        };
+        info!("Status page and API on http://{}/", listener.local_addr()?);
+        let mut stopped = stopping.clone();
+        Some(tokio::spawn(re_status::serve(listener, state, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })))
+    };
+    info!(instance_name = %instance, "Starting server on {local}");
+    let incoming = listener::incoming(listener, config.server.max_connections);
+    let grpc_metrics = metrics.clone().map(re_metrics::grpc_layer::GrpcMetricsLayer::new);
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_seconds);
     let serve = tonic::transport::Server::builder()
         // hyper's 1 MiB default windows stall a client on every 1 MiB ByteStream
@@ -197,6 +241,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         // and what they held (uploads, waiters) released.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(tower::util::option_layer(grpc_metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -224,6 +269,10 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     if ended_by_itself.is_none() && tokio::time::timeout(CONNECTION_DRAIN, &mut serve).await.is_err() {
         warn!("closing the connections still open {}s after the last answer", CONNECTION_DRAIN.as_secs());
+    }
+    if let Some(http) = http {
+        // Its requests are short; it stops with the gRPC side.
+        let _ = tokio::time::timeout(CONNECTION_DRAIN, http).await;
     }
     info!("Server stopped");
     Ok(())

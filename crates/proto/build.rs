@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "google/rpc/status.proto",
     "google/rpc/code.proto",
     "google/rpc/error_details.proto",
+    "re_server/v1/resource_usage.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,10 +4,12 @@
 
 pub mod completeness;
 pub mod config;
+pub mod metered;
 pub mod service;
 pub mod store;
 
 pub use completeness::CompletenessCheckingStore;
 pub use config::{ActionCacheBackend, ActionCacheConfig};
+pub use metered::MeteredActionCache;
 pub use service::ActionCacheService;
 pub use store::{open_store, ActionCacheStore, FilesystemActionCache, MemoryActionCache};

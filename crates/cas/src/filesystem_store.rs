@@ -426,6 +426,10 @@ impl BlobStore for FilesystemStore {
     fn size_bytes(&self) -> u64 {
         self.shared.index.total_bytes()
     }
+
+    fn evicted_blobs(&self) -> u64 {
+        self.shared.index.evicted()
+    }
 }
 
 /// Used by tests and the index-rebuild benchmark.

@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod grpc_frames;
 pub mod lru_index;
 pub mod memory_store;
+pub mod metered;
 pub mod pins;
 pub mod resource_name;
 pub mod store;

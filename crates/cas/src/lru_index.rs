@@ -13,11 +13,13 @@ pub struct LruIndex<V> {
 struct Inner<V> {
     entries: LruCache<DigestInfo, V>,
     total_bytes: u64,
+    /// Entries evicted since the index was made.
+    evicted: u64,
 }
 
 impl<V: Clone> LruIndex<V> {
     pub fn new(max_bytes: u64) -> Self {
-        Self { inner: Mutex::new(Inner { entries: LruCache::unbounded(), total_bytes: 0 }), max_bytes }
+        Self { inner: Mutex::new(Inner { entries: LruCache::unbounded(), total_bytes: 0, evicted: 0 }), max_bytes }
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -61,9 +63,15 @@ impl<V: Clone> LruIndex<V> {
         for (d, v) in kept_pinned.into_iter().rev() {
             inner.entries.put(d, v);
         }
+        inner.evicted += evicted.len() as u64;
         // The new entry stays the most recently used.
         inner.entries.promote(&digest);
         evicted
+    }
+
+    /// Entries evicted since the index was made.
+    pub fn evicted(&self) -> u64 {
+        self.inner.lock().evicted
     }
 
     /// Presence without touching the LRU order.

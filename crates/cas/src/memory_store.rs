@@ -115,6 +115,10 @@ impl BlobStore for MemoryStore {
     fn size_bytes(&self) -> u64 {
         self.shared.index.total_bytes()
     }
+
+    fn evicted_blobs(&self) -> u64 {
+        self.shared.index.evicted()
+    }
 }
 
 struct MemoryWriter {

@@ -42,6 +42,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Bytes currently stored.
     fn size_bytes(&self) -> u64;
+
+    /// Blobs evicted since the store was opened.
+    fn evicted_blobs(&self) -> u64 {
+        0
+    }
 }
 
 #[async_trait]

@@ -11,7 +11,7 @@ use re_execution::action::PreparedAction;
 use re_execution::input_tree::{self, LinkMode};
 use re_execution::operation::Operation;
 use re_execution::platform::{MatchMode, PlatformMatcher, Properties};
-use re_execution::queue::{Queue, QueuedJob};
+use re_execution::queue::{Queue, QueuedJob, RequestInfo};
 use re_proto::reapi::{Directory, DirectoryNode, FileNode};
 use re_proto::DigestInfo;
 
@@ -43,8 +43,9 @@ fn queue(c: &mut Criterion) {
             outputs: vec![],
         }),
         priority: (i % 3) as i32,
-        invocation: format!("build-{}", i % 4),
+        request: RequestInfo { invocation: format!("build-{}", i % 4), ..Default::default() },
         queued_at: SystemTime::now(),
+        attempts: 0,
     };
     let gpu = props(&[("pool", "gpu")]);
     let none = Properties::new();

@@ -59,6 +59,11 @@ pub struct PoolConfig {
     /// Disk one action may use: its inputs, and what it writes while it runs
     /// (an action that writes more is killed with RESOURCE_EXHAUSTED).
     pub max_action_disk_bytes: u64,
+    /// A worker with no heartbeat for this long shows as stalled.
+    pub stall_seconds: u64,
+    /// Runs of one action lost with their worker (container vanished, engine
+    /// gone, worker panicked) before the action fails with the last error.
+    pub crashes_max: u32,
     /// Per-property match mode: `exact` (default), `minimum`, `ignore`.
     pub platform_match: HashMap<String, MatchMode>,
     /// Worker groups; without any, one host group with one worker per CPU.
@@ -76,6 +81,8 @@ impl Default for PoolConfig {
             abandon_grace_seconds: 60,
             max_input_entries: 1_000_000,
             max_action_disk_bytes: 16 << 30,
+            stall_seconds: 180,
+            crashes_max: 3,
             platform_match: HashMap::new(),
             workers: Vec::new(),
         }
@@ -105,16 +112,26 @@ impl PoolConfig {
                 format!("must not be below default_task_timeout_seconds ({})", self.default_task_timeout_seconds),
             ));
         }
+        if self.crashes_max == 0 {
+            return Err(ConfigError::new("crashes_max", "must be at least 1 (one run)"));
+        }
         if self.workers.is_empty() {
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             self.workers.push(WorkerConfig::Host(HostWorkerConfig { count: cpus, ..Default::default() }));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, w) in self.workers.iter_mut().enumerate() {
             let resolved = match w {
                 WorkerConfig::Host(h) => h.resolve(data_dir),
                 WorkerConfig::Docker(d) => d.resolve(data_dir),
             };
             resolved.map_err(|e| e.within(&format!("workers[{i}]")))?;
+            let name = w.name(i);
+            if !names.insert(name.clone()) {
+                return Err(
+                    ConfigError::new("name", format!("'{name}' names two groups")).within(&format!("workers[{i}]"))
+                );
+            }
         }
         Ok(())
     }
@@ -127,9 +144,23 @@ pub enum WorkerConfig {
     Docker(DockerWorkerConfig),
 }
 
+impl WorkerConfig {
+    /// The group's name: its `name` key, or `host-N` / `docker-N` for the
+    /// N-th table of the file.
+    pub fn name(&self, index: usize) -> String {
+        let (name, kind) = match self {
+            WorkerConfig::Host(h) => (&h.name, "host"),
+            WorkerConfig::Docker(d) => (&d.name, "docker"),
+        };
+        name.clone().unwrap_or_else(|| format!("{kind}-{index}"))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostWorkerConfig {
+    /// The group's name (status API, `POST /api/workers/add`).
+    pub name: Option<String>,
     pub count: usize,
     /// Parent of the per-action directories; unset (empty) means `<data_dir>/work`.
     pub work_dir: PathBuf,
@@ -141,6 +172,9 @@ pub struct HostWorkerConfig {
     pub properties: BTreeMap<String, String>,
     /// Hard-link inputs from a filesystem CAS instead of copying them.
     pub link_inputs: bool,
+    /// Memory one of these workers needs: adding one through the status API
+    /// is refused while the machine has less available (unless forced).
+    pub memory_per_worker_bytes: u64,
     /// `run_as_user` / `run_as_group` looked up by `resolve`.
     #[serde(skip)]
     user: Option<UserIds>,
@@ -149,6 +183,7 @@ pub struct HostWorkerConfig {
 impl Default for HostWorkerConfig {
     fn default() -> Self {
         Self {
+            name: None,
             count: 1,
             work_dir: PathBuf::new(),
             env_whitelist: ["PATH", "HOME", "USER", "TMPDIR"].iter().map(|s| s.to_string()).collect(),
@@ -156,6 +191,7 @@ impl Default for HostWorkerConfig {
             run_as_group: None,
             properties: BTreeMap::new(),
             link_inputs: true,
+            memory_per_worker_bytes: 512 << 20,
             user: None,
         }
     }

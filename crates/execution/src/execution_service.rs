@@ -11,6 +11,7 @@ use re_proto::reapi::{ExecuteRequest, WaitExecutionRequest};
 use re_proto::{check_digest_function, check_instance, Error};
 use tonic::{Request, Response, Status};
 
+use crate::queue::RequestInfo;
 use crate::scheduler::{Scheduler, WaiterGuard};
 
 /// An unchanged operation is re-sent this often so proxies and clients
@@ -59,12 +60,13 @@ impl Execution for ExecutionService {
     type WaitExecutionStream = BoxStream<'static, Result<OperationProto, Status>>;
 
     async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<Self::ExecuteStream>, Status> {
-        let invocation =
-            re_proto::request_metadata(request.metadata()).map(|m| m.tool_invocation_id).unwrap_or_default();
+        let meta = re_proto::request_metadata(request.metadata()).unwrap_or_default();
+        let info =
+            RequestInfo { invocation: meta.tool_invocation_id, mnemonic: meta.action_mnemonic, target: meta.target_id };
         let req = request.into_inner();
         check_instance(&self.instance_name, &req.instance_name)?;
         check_digest_function(req.digest_function)?;
-        let op = self.scheduler.execute(&req, invocation).await?;
+        let op = self.scheduler.execute(&req, info).await?;
         Ok(Response::new(operation_stream(self.scheduler.watch(op))))
     }
 

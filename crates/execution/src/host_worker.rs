@@ -3,7 +3,6 @@
 //! Each action directory records its process group (`leftovers.rs`), so
 //! processes a killed server left behind are stopped when it starts again.
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use async_trait::async_trait;
 use re_proto::{Error, Result};
@@ -13,7 +12,8 @@ use crate::action::PreparedAction;
 use crate::config::HostWorkerConfig;
 use crate::input_tree::LinkMode;
 use crate::platform::Properties;
-use crate::run_frame::{ActionDir, DirAccess, Exit, Launcher};
+use crate::run_frame::{ActionDir, DirAccess, Exit, Launcher, Probe};
+use crate::spawner::{Command, Spawner};
 use crate::user::UserIds;
 
 pub struct HostLauncher {
@@ -24,6 +24,7 @@ pub struct HostLauncher {
     base_env: Vec<(String, String)>,
     user: Option<UserIds>,
     link_mode: LinkMode,
+    spawner: Spawner,
 }
 
 /// What every host worker advertises before its configured properties.
@@ -43,7 +44,7 @@ pub fn host_properties() -> Properties {
 
 impl HostLauncher {
     /// `config` is resolved: its work_dir is set and its user looked up.
-    pub fn new(id: String, config: &HostWorkerConfig) -> Result<Self> {
+    pub fn new(id: String, config: &HostWorkerConfig, spawner: Spawner) -> Result<Self> {
         let mut properties = host_properties();
         properties.extend(config.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
         let base_env =
@@ -54,14 +55,15 @@ impl HostLauncher {
         let user = config.user_ids();
         let share = config.link_inputs && crate::user::may_share_cas_files(user.map(|u| u.uid));
         let link_mode = if share { LinkMode::HardLink } else { LinkMode::Copy };
-        Ok(Self { id, properties, work_dir, base_env, user, link_mode })
+        Ok(Self { id, properties, work_dir, base_env, user, link_mode, spawner })
     }
 }
 
 #[async_trait]
 impl Launcher for HostLauncher {
     type Plan = ();
-    type Staged = tokio::process::Command;
+    /// Taken when it is started.
+    type Staged = Option<Command>;
 
     fn id(&self) -> &str {
         &self.id
@@ -99,45 +101,44 @@ impl Launcher for HostLauncher {
         job: &PreparedAction,
         dir: &ActionDir,
         _cancel: &CancellationToken,
-    ) -> Result<tokio::process::Command> {
+    ) -> Result<Option<Command>> {
         let args = &job.command.arguments;
-        let mut cmd = tokio::process::Command::new(&args[0]);
-        cmd.args(&args[1..])
-            .env_clear()
-            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
-            .envs(job.command.environment_variables.iter().map(|v| (&v.name, &v.value)))
-            .current_dir(dir.root.join(&job.working_directory))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&dir.stdout).map_err(|e| Error::io("creating stdout file", e))?)
-            .stderr(std::fs::File::create(&dir.stderr).map_err(|e| Error::io("creating stderr file", e))?)
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(u) = self.user {
-            cmd.uid(u.uid).gid(u.gid);
+        // The action's variables override the whitelisted server ones.
+        let mut env = self.base_env.clone();
+        for v in &job.command.environment_variables {
+            env.retain(|(k, _)| *k != v.name);
+            env.push((v.name.clone(), v.value.clone()));
         }
-        Ok(cmd)
+        Ok(Some(Command {
+            program: args[0].clone(),
+            args: args[1..].to_vec(),
+            env,
+            cwd: dir.root.join(&job.working_directory),
+            stdout: dir.stdout.clone(),
+            stderr: dir.stderr.clone(),
+            user: self.user.map(|u| (u.uid, u.gid)),
+        }))
     }
 
     async fn run(
         &self,
-        cmd: &mut tokio::process::Command,
+        cmd: &mut Option<Command>,
         job: &PreparedAction,
         dir: &ActionDir,
         cancel: &CancellationToken,
+        probe: &Probe,
     ) -> Result<Exit> {
-        let program = &job.command.arguments[0];
         let since = crate::leftovers::Since::now();
-        let mut child = cmd.spawn().map_err(|e| Error::InvalidArgument(format!("cannot start '{program}': {e}")))?;
-        let pgid = child.id().map(|p| p as i32);
-        if let Some(pg) = pgid {
-            let scratch = dir.scratch.clone();
-            re_proto::blocking::run(move || crate::leftovers::record(&scratch, pg, since))
-                .await?
-                .map_err(|e| Error::io("recording the action's process group", e))?;
-        }
+        let cmd = cmd.take().ok_or_else(|| Error::Internal("the action's process was started twice".into()))?;
+        let mut process = self.spawner.spawn(cmd).await?;
+        probe.process_started(process.pid() as u32);
+        let (scratch, pg) = (dir.scratch.clone(), process.pid());
+        re_proto::blocking::run(move || crate::leftovers::record(&scratch, pg, since))
+            .await?
+            .map_err(|e| Error::io("recording the action's process group", e))?;
         let mut error = None;
-        let status = tokio::select! {
-            s = child.wait() => Some(s.map_err(|e| Error::io("waiting for action", e))?),
+        let reaped = tokio::select! {
+            r = process.wait() => Some(r?),
             _ = tokio::time::sleep(job.timeout) => {
                 error = Some(Error::DeadlineExceeded(format!("action timed out after {}s and was killed", job.timeout.as_secs())));
                 None
@@ -148,18 +149,11 @@ impl Launcher for HostLauncher {
             }
         };
         // Kill the whole group: whatever the action left behind goes too.
-        if let Some(pg) = pgid {
-            // SAFETY: plain syscall on a process group we created.
-            unsafe { libc::killpg(pg, libc::SIGKILL) };
-        }
-        let status = match status {
-            Some(s) => s,
-            None => child.wait().await.map_err(|e| Error::io("reaping action", e))?,
+        process.kill_group();
+        let reaped = match reaped {
+            Some(r) => r,
+            None => process.wait().await?,
         };
-        let code = status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        });
-        Ok(Exit { code, error })
+        Ok(Exit { code: reaped.code, error, usage: Some(reaped.usage) })
     }
 }

@@ -15,6 +15,8 @@
 #![allow(deprecated)]
 
 pub mod action;
+pub mod admission;
+pub mod cgroup;
 pub mod config;
 pub mod docker;
 pub mod execution_service;
@@ -27,11 +29,18 @@ pub mod outputs;
 pub mod paths;
 pub mod platform;
 pub mod pool;
+pub mod pool_status;
+pub mod process;
 pub mod queue;
+pub mod recent;
 pub mod run_frame;
 pub mod scheduler;
+pub mod spawner;
+pub mod usage;
 pub mod user;
 pub mod worker;
+pub mod worker_status;
+pub mod workers;
 
 pub use config::ExecutionConfig;
 pub use execution_service::ExecutionService;

@@ -1,6 +1,6 @@
 //! One long-running Execute operation: its stage, who waits on it, and its
 //! google.longrunning form.
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +28,8 @@ pub struct Operation {
     pub cancel: CancellationToken,
     waiters: AtomicUsize,
     completed_at: Mutex<Option<Instant>>,
+    /// Set when an operator stopped it (its client gets ABORTED).
+    aborted: AtomicBool,
 }
 
 impl Operation {
@@ -39,6 +41,7 @@ impl Operation {
             cancel: CancellationToken::new(),
             waiters: AtomicUsize::new(0),
             completed_at: Mutex::new(None),
+            aborted: AtomicBool::new(false),
         })
     }
 
@@ -63,6 +66,28 @@ impl Operation {
                 false
             }
         });
+    }
+
+    /// Back to QUEUED: its worker was lost and it waits for another.
+    pub fn requeue(&self) {
+        self.stage.send_if_modified(|s| {
+            if matches!(s, Stage::Executing) {
+                *s = Stage::Queued;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// An operator stops it.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
     }
 
     /// Records the final response; only the first completion counts.

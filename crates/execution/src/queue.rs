@@ -14,8 +14,20 @@ pub struct QueuedJob {
     pub op: Arc<Operation>,
     pub job: Arc<PreparedAction>,
     pub priority: i32,
-    pub invocation: String,
+    /// Who asked for it (the RequestMetadata header).
+    pub request: RequestInfo,
     pub queued_at: SystemTime,
+    /// Runs lost with their worker so far.
+    pub attempts: u32,
+}
+
+/// What a client said about an Execute request (`RequestMetadata`).
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The build it belongs to (`tool_invocation_id`): fair share is per build.
+    pub invocation: String,
+    pub mnemonic: String,
+    pub target: String,
 }
 
 #[derive(Default)]
@@ -42,9 +54,9 @@ impl Queue {
 
     pub fn push(&mut self, job: QueuedJob) {
         let level = self.levels.entry(job.priority).or_default();
-        let q = level.by_invocation.entry(job.invocation.clone()).or_default();
+        let q = level.by_invocation.entry(job.request.invocation.clone()).or_default();
         if q.is_empty() {
-            level.turn.push_back(job.invocation.clone());
+            level.turn.push_back(job.request.invocation.clone());
         }
         q.push_back(job);
         self.len += 1;
@@ -78,6 +90,21 @@ impl Queue {
         }
         self.len -= 1;
         Some(job)
+    }
+
+    /// Queued jobs per priority, and when the oldest was queued.
+    pub fn stats(&self) -> (std::collections::BTreeMap<i32, usize>, Option<SystemTime>) {
+        let mut oldest: Option<SystemTime> = None;
+        let mut by_priority = std::collections::BTreeMap::new();
+        for (prio, level) in &self.levels {
+            let jobs = level.by_invocation.values().flatten();
+            let n = jobs.clone().count();
+            by_priority.insert(*prio, n);
+            for j in jobs {
+                oldest = Some(oldest.map_or(j.queued_at, |o| o.min(j.queued_at)));
+            }
+        }
+        (by_priority, oldest)
     }
 
     /// Takes every queued job out (shutdown).
@@ -140,8 +167,9 @@ mod tests {
                 outputs: vec![],
             }),
             priority,
-            invocation: invocation.into(),
+            request: RequestInfo { invocation: invocation.into(), ..Default::default() },
             queued_at: SystemTime::now(),
+            attempts: 0,
         }
     }
 

@@ -14,6 +14,7 @@
 //! not of the workers: a new worker type implements [`Launcher`] and gets
 //! them all.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,11 +25,15 @@ use re_proto::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::action::PreparedAction;
+use crate::cgroup::CgroupUsage;
 use crate::input_tree::{self, LinkMode};
 use crate::outputs;
 use crate::platform::Properties;
+use crate::process::Sample;
+use crate::usage::ResourceUsage;
 use crate::user::UserIds;
 use crate::worker::{RunOutcome, Worker};
+use crate::worker_status::WorkerStatus;
 
 /// Where one action's files are, on the machine that runs it.
 #[derive(Debug, Clone)]
@@ -60,6 +65,71 @@ pub struct Exit {
     /// Why it did not run to its end (timeout, cancellation, memory limit);
     /// outputs are then not collected.
     pub error: Option<Error>,
+    /// What it used, where the launcher could measure it.
+    pub usage: Option<ResourceUsage>,
+}
+
+/// Lets a launcher tell the frame what it started, so the frame can show
+/// and sample it while it runs.
+pub struct Probe {
+    status: Arc<WorkerStatus>,
+    pid: AtomicI32,
+    /// The container, and what its cgroup had used before the action.
+    container: parking_lot::Mutex<Option<(String, CgroupUsage)>>,
+    /// The last sample, with the highest memory seen.
+    sampled: parking_lot::Mutex<Option<Sample>>,
+}
+
+impl Probe {
+    fn new(status: Arc<WorkerStatus>) -> Self {
+        Self { status, pid: AtomicI32::new(0), container: Default::default(), sampled: Default::default() }
+    }
+
+    /// The action runs as process `pid` (its group leader) on this machine.
+    pub fn process_started(&self, pid: u32) {
+        self.pid.store(pid as i32, Ordering::Relaxed);
+        self.status.set_pid(pid);
+    }
+
+    /// The action runs in container `id` (a warm one may have run others:
+    /// its CPU so far is not the action's).
+    pub fn container_started(&self, id: &str) {
+        let before = crate::cgroup::container_usage(id).unwrap_or_default();
+        *self.container.lock() = Some((id.to_string(), before));
+        self.status.set_container(id);
+    }
+
+    /// Samples what runs now (blocking: reads /proc or the cgroup).
+    fn sample(&self) -> Option<Sample> {
+        let pid = self.pid.load(Ordering::Relaxed);
+        let now = if pid > 0 {
+            crate::process::sample_group(pid)?
+        } else {
+            let (id, before) = self.container.lock().clone()?;
+            let now = crate::cgroup::container_usage(&id)?;
+            Sample {
+                user_cpu: now.user_cpu.saturating_sub(before.user_cpu),
+                system_cpu: now.system_cpu.saturating_sub(before.system_cpu),
+                memory_bytes: now.memory_bytes,
+            }
+        };
+        let mut last = self.sampled.lock();
+        let peak = last.map_or(0, |s| s.memory_bytes).max(now.memory_bytes);
+        *last = Some(Sample { memory_bytes: peak, ..now });
+        Some(now)
+    }
+
+    /// The samples as the action's usage, for launchers that cannot measure
+    /// it at the end (a fresh container's cgroup goes with it).
+    fn sampled_usage(&self) -> Option<ResourceUsage> {
+        let s = (*self.sampled.lock())?;
+        Some(ResourceUsage {
+            user_cpu: s.user_cpu,
+            system_cpu: s.system_cpu,
+            peak_memory_bytes: s.memory_bytes,
+            source: "sampled",
+        })
+    }
 }
 
 /// The worker-specific part of running an action.
@@ -92,12 +162,14 @@ pub trait Launcher: Send + Sync + 'static {
     ) -> Result<Self::Staged>;
     /// Starts the process, writes its output to `dir.stdout` / `dir.stderr`
     /// and waits for it; stops promptly on timeout or when `cancel` fires.
+    /// Tells `probe` what it started.
     async fn run(
         &self,
         staged: &mut Self::Staged,
         job: &PreparedAction,
         dir: &ActionDir,
         cancel: &CancellationToken,
+        probe: &Probe,
     ) -> Result<Exit>;
     /// Makes the outputs visible under `dir.root` (after a clean exit).
     async fn retrieve(&self, _staged: &mut Self::Staged, _job: &PreparedAction, _dir: &ActionDir) -> Result<()> {
@@ -115,14 +187,16 @@ pub struct ActionFrame<L> {
     cas: Arc<dyn BlobStore>,
     /// `max_action_disk_bytes`: what an action's directory may hold.
     max_disk_bytes: u64,
+    status: Arc<WorkerStatus>,
 }
 
-/// How often a running action's directory is measured.
+/// How often a running action's directory is measured and its process
+/// sampled (also the worker's heartbeat while it runs).
 const DISK_CHECK: Duration = Duration::from_secs(1);
 
 impl<L: Launcher> ActionFrame<L> {
-    pub fn new(launcher: L, cas: Arc<dyn BlobStore>, max_disk_bytes: u64) -> Self {
-        Self { launcher, cas, max_disk_bytes }
+    pub fn new(launcher: L, cas: Arc<dyn BlobStore>, max_disk_bytes: u64, status: Arc<WorkerStatus>) -> Self {
+        Self { launcher, cas, max_disk_bytes, status }
     }
 
     /// The execute phase: the launcher runs the process while its directory
@@ -135,7 +209,8 @@ impl<L: Launcher> ActionFrame<L> {
         cancel: &CancellationToken,
     ) -> Result<Exit> {
         let stop = cancel.child_token();
-        let run = self.launcher.run(staged, job, dir, &stop);
+        let probe = Arc::new(Probe::new(self.status.clone()));
+        let run = self.launcher.run(staged, job, dir, &stop, &probe);
         tokio::pin!(run);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + DISK_CHECK, DISK_CHECK);
         let mut used = None;
@@ -143,8 +218,13 @@ impl<L: Launcher> ActionFrame<L> {
             tokio::select! {
                 exit = &mut run => break exit,
                 _ = tick.tick(), if used.is_none() => {
-                    let scratch = dir.scratch.clone();
-                    let bytes = tokio::task::spawn_blocking(move || disk_use(&scratch)).await?;
+                    let (scratch, sampled) = (dir.scratch.clone(), probe.clone());
+                    let (bytes, sample) =
+                        tokio::task::spawn_blocking(move || (disk_use(&scratch), sampled.sample())).await?;
+                    match sample {
+                        Some(s) => self.status.sample(s.cpu_seconds(), s.memory_bytes),
+                        None => self.status.beat(),
+                    }
                     if bytes > self.max_disk_bytes {
                         used = Some(bytes);
                         stop.cancel();
@@ -152,9 +232,14 @@ impl<L: Launcher> ActionFrame<L> {
                 }
             }
         };
+        let exit = exit.map(|mut e| {
+            e.usage = e.usage.or_else(|| probe.sampled_usage());
+            e
+        });
         match used {
             Some(bytes) if !cancel.is_cancelled() => Ok(Exit {
                 code: -1,
+                usage: exit.ok().and_then(|e| e.usage),
                 error: Some(Error::ResourceExhausted(format!(
                     "killed: the action's directory grew to {bytes} bytes, more than this server gives one \
                      action (max_action_disk_bytes = {})",
@@ -176,7 +261,7 @@ impl<L: Launcher> ActionFrame<L> {
         dir: &ActionDir,
         cancel: &CancellationToken,
         meta: &mut ExecutedActionMetadata,
-    ) -> Result<(ActionResult, Option<Error>)> {
+    ) -> Result<(ActionResult, Option<Error>, Option<ResourceUsage>)> {
         let plan = self.launcher.plan(job)?;
 
         meta.input_fetch_start_timestamp = Some(now());
@@ -191,6 +276,9 @@ impl<L: Launcher> ActionFrame<L> {
         let uploaded = match exit {
             Ok(exit) => {
                 meta.output_upload_start_timestamp = Some(now());
+                if let Some(usage) = &exit.usage {
+                    meta.auxiliary_metadata.push(usage.to_any());
+                }
                 let ran_to_end = exit.error.is_none();
                 let retrieved = match ran_to_end {
                     true => self.launcher.retrieve(&mut staged, job, dir).await,
@@ -204,7 +292,7 @@ impl<L: Launcher> ActionFrame<L> {
                     Err(e) => Err(e),
                 };
                 meta.output_upload_completed_timestamp = Some(now());
-                result.map(|r| (r, exit.error))
+                result.map(|r| (r, exit.error, exit.usage))
             }
             Err(e) => Err(e),
         };
@@ -221,6 +309,10 @@ impl<L: Launcher> Worker for ActionFrame<L> {
 
     fn properties(&self) -> &Properties {
         self.launcher.properties()
+    }
+
+    fn status(&self) -> &Arc<WorkerStatus> {
+        &self.status
     }
 
     async fn is_healthy(&self) -> bool {
@@ -242,12 +334,17 @@ impl<L: Launcher> Worker for ActionFrame<L> {
         let outcome = self.phases(job, &dir, &cancel, &mut meta).await;
         meta.worker_completed_timestamp = Some(now());
         meta.virtual_execution_duration = virtual_duration(&meta);
-        let (mut result, error) = match outcome {
-            Ok((r, e)) => (r, e),
-            Err(e) => (ActionResult::default(), Some(e)),
+        let (mut result, error, usage) = match outcome {
+            Ok((r, e, u)) => (r, e, u),
+            Err(e) => (ActionResult::default(), Some(e), None),
         };
         result.execution_metadata = Some(meta);
-        RunOutcome { result, error, cleanup: Some(Box::pin(remove_dir(dir.scratch))) }
+        let stderr_tail = match &error {
+            Some(_) => tail_of(&dir.stderr).await,
+            None if result.exit_code != 0 => tail_of(&dir.stderr).await,
+            None => String::new(),
+        };
+        RunOutcome { result, error, usage, stderr_tail, cleanup: Some(Box::pin(remove_dir(dir.scratch))) }
     }
 }
 
@@ -289,6 +386,25 @@ async fn prepare(
         }
     })
     .await?
+}
+
+/// The last 1,000 characters an action wrote to stderr (for the operators'
+/// list of recent actions).
+async fn tail_of(path: &Path) -> String {
+    let path = path.to_path_buf();
+    re_proto::blocking::run(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&path) else { return String::new() };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(4000)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        let chars: Vec<char> = text.chars().collect();
+        chars[chars.len().saturating_sub(1000)..].iter().collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Bytes of the files below `dir` (each file once, however many links).

@@ -1,5 +1,6 @@
 //! What the scheduler needs from a worker, whatever runs the process. Every
 //! worker is an [`crate::run_frame::ActionFrame`] around a launcher.
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -10,12 +11,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::action::PreparedAction;
 use crate::platform::Properties;
+use crate::usage::ResourceUsage;
+use crate::worker_status::WorkerStatus;
 
 /// A worker's answer: the result (possibly partial) and, if the run did not
-/// complete normally, why (timeout, cancellation, missing inputs...).
+/// complete normally, why (timeout, cancellation, missing inputs; a lost
+/// worker is `Error::WorkerLost`).
 pub struct RunOutcome {
     pub result: ActionResult,
     pub error: Option<Error>,
+    /// What the action used, where it could be measured.
+    pub usage: Option<ResourceUsage>,
+    /// The end of its stderr, when it failed.
+    pub stderr_tail: String,
     /// What is left to undo (the action's directory), run once the client
     /// has its answer and before the worker takes its next action.
     pub cleanup: Option<BoxFuture<'static, ()>>,
@@ -25,6 +33,8 @@ pub struct RunOutcome {
 pub trait Worker: Send + Sync + 'static {
     fn id(&self) -> &str;
     fn properties(&self) -> &Properties;
+    /// Its state, heartbeat and current action, as operators see them.
+    fn status(&self) -> &Arc<WorkerStatus>;
     /// False while the worker cannot take work (e.g. its engine is down).
     async fn is_healthy(&self) -> bool {
         true

@@ -30,6 +30,14 @@ pub enum Error {
     Cancelled(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The worker failed under the action (its container vanished, its
+    /// engine went away, it panicked): the action itself is not to blame and
+    /// may run again elsewhere.
+    #[error("{0}")]
+    WorkerLost(String),
+    /// An operator stopped the action (status API).
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     Internal(String),
     #[error("{context}: {source}")]
@@ -61,7 +69,8 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::WorkerLost(_) => Code::Unavailable,
+            Error::Aborted(_) => Code::Aborted,
             Error::Io { source, .. } if source.raw_os_error() == Some(libc_enospc()) => Code::ResourceExhausted,
             Error::Internal(_) | Error::Io { .. } => Code::Internal,
         }

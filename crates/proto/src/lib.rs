@@ -42,6 +42,14 @@ pub mod google {
     }
 }
 
+/// re-server's own messages (see `proto/re_server`).
+#[allow(clippy::all, missing_docs, rustdoc::all)]
+pub mod re_server {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/re_server.v1.rs"));
+    }
+}
+
 /// Short alias for the REAPI package.
 pub use build::bazel::remote::execution::v2 as reapi;
 

@@ -75,6 +75,8 @@ pub struct DockerVolume {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DockerWorkerConfig {
+    /// The group's name (status API, `POST /api/workers/add`).
+    pub name: Option<String>,
     pub count: usize,
     /// The image for actions without a `container-image` property.
     pub image: String,
@@ -123,6 +125,7 @@ pub struct DockerWorkerConfig {
 impl Default for DockerWorkerConfig {
     fn default() -> Self {
         Self {
+            name: None,
             count: 1,
             image: String::new(),
             always_pull: false,

@@ -16,7 +16,7 @@ use super::io::{pump, LogStream, Pumped};
 use super::spec::{host_config, Spec};
 use super::{archive, Launch};
 use crate::action::PreparedAction;
-use crate::run_frame::{ActionDir, Exit};
+use crate::run_frame::{ActionDir, Exit, Probe};
 
 /// Makes, runs and removes the worker's containers.
 pub struct FreshContainers {
@@ -89,7 +89,9 @@ impl FreshContainers {
         job: &PreparedAction,
         dir: &ActionDir,
         cancel: &CancellationToken,
+        probe: &Probe,
     ) -> Result<Exit> {
+        probe.container_started(&run.container);
         let (engine, cfg, worker) = (&self.engine, &self.cfg, self.worker.as_str());
         let id = run.container.as_str();
         if let Err(e) = docker.start_container(id, None).await {
@@ -109,9 +111,24 @@ impl FreshContainers {
         let io = (dir.stdout.as_path(), dir.stderr.as_path());
         let engine_error = |e| engine.error("reading the action's output", e);
         if let Pumped::Stopped(error) = pump(output, io, None, job.timeout, cancel, engine_error).await? {
-            return Ok(Exit { code: -1, error: Some(error) });
+            return Ok(Exit { code: -1, error: Some(error), usage: None });
         }
-        // The output ended: the process has exited; wait for the engine to agree.
+        // The output ended: the process has exited. Its cgroup may still be
+        // there (the engine removes it when it notices); everything in it was
+        // this action's. Otherwise the frame's samples stand in.
+        let usage = tokio::task::spawn_blocking({
+            let id = id.to_string();
+            move || crate::cgroup::container_usage(&id)
+        })
+        .await?
+        .filter(|u| u.peak_memory_bytes > 0)
+        .map(|u| crate::usage::ResourceUsage {
+            user_cpu: u.user_cpu,
+            system_cpu: u.system_cpu,
+            peak_memory_bytes: u.peak_memory_bytes,
+            source: "cgroup",
+        });
+        // Wait for the engine to agree the process has exited.
         let opts = WaitContainerOptionsBuilder::default().condition("not-running").build();
         let mut wait = docker.wait_container(id, Some(opts));
         let _ = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
@@ -125,6 +142,6 @@ impl FreshContainers {
         // OOMKilled is set when any process of the container was killed; only
         // a failed action is blamed on it (one that recovered succeeded).
         let error = (state.oom_killed == Some(true) && code != 0).then(|| super::oom_error(cfg, worker));
-        Ok(Exit { code, error })
+        Ok(Exit { code, error, usage })
     }
 }

@@ -48,7 +48,7 @@ pub use warm::LEASE_EXPIRY_SECS;
 use crate::action::PreparedAction;
 use crate::input_tree::LinkMode;
 use crate::platform::Properties;
-use crate::run_frame::{ActionDir, DirAccess, Exit, Launcher};
+use crate::run_frame::{ActionDir, DirAccess, Exit, Launcher, Probe};
 use engine::Engine;
 use fresh::{FreshContainers, FreshRun};
 use spec::Spec;
@@ -184,11 +184,12 @@ impl Launcher for DockerLauncher {
         job: &PreparedAction,
         dir: &ActionDir,
         cancel: &CancellationToken,
+        probe: &Probe,
     ) -> Result<Exit> {
         let docker = self.engine.client()?;
         match (staged, &self.warm) {
-            (Staged::Warm(run), Some(warm)) => warm.run(&docker, run, job, dir, cancel).await,
-            (Staged::Fresh(run), _) => self.fresh.run(&docker, run, job, dir, cancel).await,
+            (Staged::Warm(run), Some(warm)) => warm.run(&docker, run, job, dir, cancel, probe).await,
+            (Staged::Fresh(run), _) => self.fresh.run(&docker, run, job, dir, cancel, probe).await,
             (Staged::Warm(_), None) => unreachable!("warm runs come from the warm container"),
         }
     }

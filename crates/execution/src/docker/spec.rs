@@ -163,6 +163,19 @@ pub fn parse_oom_kills(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
 }
 
+/// The warm wrapper's report after its marker: `OOM USER_NS SYS_NS PEAK_BYTES`.
+pub fn parse_report(text: &str) -> Option<(u64, crate::usage::ResourceUsage)> {
+    let mut n = text.split_whitespace().map(|f| f.parse::<i64>().ok().map(|v| v.max(0) as u64));
+    let (oom, user, sys, peak) = (n.next()??, n.next()??, n.next()??, n.next()??);
+    let usage = crate::usage::ResourceUsage {
+        user_cpu: std::time::Duration::from_nanos(user),
+        system_cpu: std::time::Duration::from_nanos(sys),
+        peak_memory_bytes: peak,
+        source: "cgroup",
+    };
+    Some((oom, usage))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +267,16 @@ mod tests {
         assert_eq!(split_reference("localhost:5000/a/b"), ("localhost:5000/a/b".into(), "latest".into()));
         assert_eq!(split_reference("localhost:5000/a:1"), ("localhost:5000/a".into(), "1".into()));
         assert_eq!(split_reference("a@sha256:abc"), ("a".into(), "sha256:abc".into()));
+    }
+
+    #[test]
+    fn the_warm_report_parses() {
+        let (oom, u) = parse_report("2 1500000 500000 33554432").unwrap();
+        assert_eq!(oom, 2);
+        assert_eq!(u.user_cpu, std::time::Duration::from_micros(1500));
+        assert_eq!(u.peak_memory_bytes, 32 << 20);
+        assert!(parse_report("2 x").is_none());
+        assert!(parse_report("").is_none());
     }
 
     #[test]

@@ -28,10 +28,10 @@ use tracing::{debug, warn};
 use super::config::DockerWorkerConfig;
 use super::engine::{status_of, Engine};
 use super::io::{pump, Pumped};
-use super::spec::{host_config, parse_oom_kills, Spec, MOUNT_POINT};
+use super::spec::{host_config, parse_report, Spec, MOUNT_POINT};
 use super::{archive, Launch};
 use crate::action::PreparedAction;
-use crate::run_frame::{ActionDir, Exit};
+use crate::run_frame::{ActionDir, Exit, Probe};
 
 /// A warm container exits when its lease was not renewed for this long.
 pub const LEASE_EXPIRY_SECS: u32 = 15;
@@ -39,11 +39,21 @@ const LEASE_RENEW: Duration = Duration::from_secs(3);
 
 /// `sh -c WRAPPER re-server NONCE BASELINE ARGS...`: runs ARGS, kills every
 /// process it may signal but PID 1 (the keepalive loop) and itself, then
-/// prints `\x1eNONCE COUNT` on stderr, COUNT being the cgroup's `oom_kill`.
-/// The kernel may count an OOM kill a little after the victim died, so after
-/// a SIGKILL (exit 137) the count is re-read for up to 2 s until it exceeds
-/// BASELINE.
-const WRAPPER: &str = r#"m=$1; b=$2; shift 2; "$@"; c=$?; kill -9 -1 2>/dev/null; n=0
+/// prints `\x1eNONCE OOM USER SYS PEAK` on stderr: the memory cgroup's
+/// `oom_kill` count, the CPU the cgroup used meanwhile (ns, user and system)
+/// and its peak memory (bytes; since the container started). The kernel may
+/// count an OOM kill a little after the victim died, so after a SIGKILL
+/// (exit 137) the count is re-read for up to 2 s until it exceeds BASELINE.
+/// Shell built-ins only, so the report costs no process of its own.
+const WRAPPER: &str = r#"m=$1; b=$2; shift 2
+u0=0; s0=0
+[ -r /sys/fs/cgroup/cpuacct/cpuacct.usage_user ] && { read -r u0 < /sys/fs/cgroup/cpuacct/cpuacct.usage_user; read -r s0 < /sys/fs/cgroup/cpuacct/cpuacct.usage_sys; }
+[ -r /sys/fs/cgroup/cpu.stat ] && while read -r k v; do case $k in user_usec) u0=${v}000;; system_usec) s0=${v}000;; esac; done < /sys/fs/cgroup/cpu.stat
+"$@"; c=$?; kill -9 -1 2>/dev/null; n=0
+u1=$u0; s1=$s0
+[ -r /sys/fs/cgroup/cpuacct/cpuacct.usage_user ] && { read -r u1 < /sys/fs/cgroup/cpuacct/cpuacct.usage_user; read -r s1 < /sys/fs/cgroup/cpuacct/cpuacct.usage_sys; }
+[ -r /sys/fs/cgroup/cpu.stat ] && while read -r k v; do case $k in user_usec) u1=${v}000;; system_usec) s1=${v}000;; esac; done < /sys/fs/cgroup/cpu.stat
+p=0; for f in /sys/fs/cgroup/memory/memory.max_usage_in_bytes /sys/fs/cgroup/memory.peak; do [ -r "$f" ] && read -r p < "$f"; done
 while :; do o=
   for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events; do
     [ -r "$f" ] && while read -r k v; do [ "$k" = oom_kill ] && o=$v; done < "$f"
@@ -51,7 +61,7 @@ while :; do o=
   { [ "$c" != 137 ] || [ "${o:-0}" -gt "$b" ] || [ $n -ge 20 ]; } && break
   n=$((n+1)); sleep 0.1
 done
-printf '\036%s %s\n' "$m" "$o" >&2; exit $c"#;
+printf '\036%s %s %s %s %s\n' "$m" "${o:-0}" "$((u1-u0))" "$((s1-s0))" "$p" >&2; exit $c"#;
 
 /// Archive mode: empties the action's directory inside the container.
 const CLEAR_EXEC_ROOT: &str = "rm -rf /re-server/exec";
@@ -238,7 +248,9 @@ impl WarmContainer {
         job: &PreparedAction,
         dir: &ActionDir,
         cancel: &CancellationToken,
+        probe: &Probe,
     ) -> Result<Exit> {
+        probe.container_started(&run.container);
         let output = match docker.start_exec(&run.exec, None).await {
             Ok(StartExecResults::Attached { output, .. }) => output,
             Ok(StartExecResults::Detached) => {
@@ -257,10 +269,13 @@ impl WarmContainer {
             Ok(Pumped::Ended { marker }) => marker,
             Ok(Pumped::Stopped(error)) => {
                 run.broken = true;
-                return Ok(Exit { code: -1, error: Some(error) });
+                return Ok(Exit { code: -1, error: Some(error), usage: None });
             }
             Err(e) => {
                 run.broken = true;
+                if self.vanished(docker, &run.container).await {
+                    return Err(Error::WorkerLost(format!("the warm container of {} vanished: {e}", self.worker)));
+                }
                 return Err(e);
             }
         };
@@ -268,13 +283,25 @@ impl WarmContainer {
             Ok(i) => i.exit_code.unwrap_or(-1) as i32,
             Err(e) => {
                 run.broken = true;
+                if self.vanished(docker, &run.container).await {
+                    return Err(Error::WorkerLost(format!("the warm container of {} vanished: {e}", self.worker)));
+                }
                 return Err(self.engine.error("inspecting the exec", e));
             }
         };
+        let report = marker.as_deref().and_then(parse_report);
+        if report.is_none() && self.vanished(docker, &run.container).await {
+            run.broken = true;
+            return Err(Error::WorkerLost(format!(
+                "the warm container {} of docker worker {} vanished while the action ran",
+                &run.container[..run.container.len().min(12)],
+                self.worker
+            )));
+        }
         let w = run.slot.as_mut().expect("held from stage");
-        let kills = marker.as_deref().and_then(|m| parse_oom_kills(&format!("oom_kill {m}")));
-        let error = match kills {
-            Some(kills) => {
+        let usage = report.map(|(_, usage)| usage);
+        let error = match report {
+            Some((kills, _)) => {
                 let oom = kills > w.oom_kills && code != 0;
                 w.oom_kills = kills;
                 oom.then(|| super::oom_error(&self.cfg, &self.worker))
@@ -291,7 +318,24 @@ impl WarmContainer {
             }
         };
         w.last_used = Instant::now();
-        Ok(Exit { code, error })
+        Ok(Exit { code, error, usage })
+    }
+
+    /// Whether `container` is gone or stopped: removed or killed from
+    /// outside, or the engine restarted. Its keepalive loop never ends while
+    /// the worker holds it, so a container not running was lost. Asked when
+    /// an exec ended abnormally; the engine may report the container running
+    /// for a moment after its processes were killed (`rm -f`), so a running
+    /// answer is asked again for up to 2 s.
+    async fn vanished(&self, docker: &Docker, container: &str) -> bool {
+        for _ in 0..20 {
+            match docker.inspect_container(container, None).await {
+                Err(e) => return status_of(&e) == Some(404),
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => return true,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        false
     }
 
     /// Ends the action's hold: archive mode clears the action's files in the
