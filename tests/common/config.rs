@@ -13,6 +13,7 @@
 pub struct ServerConfig {
     instance: Option<String>,
     shutdown_grace_seconds: u64,
+    server: Vec<String>,
     cas: Vec<String>,
     action_cache: Vec<String>,
     capabilities: Vec<String>,
@@ -36,6 +37,7 @@ impl ServerConfig {
         Self {
             instance: None,
             shutdown_grace_seconds: 3,
+            server: Vec::new(),
             cas: cas.iter().map(|l| l.to_string()).collect(),
             action_cache: vec![format!("backend = \"{action_cache}\"")],
             capabilities: Vec::new(),
@@ -53,6 +55,12 @@ impl ServerConfig {
     /// `[server] instance_name`.
     pub fn instance(mut self, name: &str) -> Self {
         self.instance = Some(name.to_string());
+        self
+    }
+
+    /// More `[server]` keys.
+    pub fn server(mut self, keys: &str) -> Self {
+        self.server.extend(keys.lines().map(str::to_string));
         self
     }
 
@@ -111,6 +119,7 @@ impl ServerConfig {
         if let Some(name) = &self.instance {
             server.push(format!("instance_name = \"{name}\""));
         }
+        set_keys(&mut server, &self.server.join("\n"));
         section("[server]", &server);
         section("[storage.cas]", &self.cas);
         section("[storage.action_cache]", &self.action_cache);

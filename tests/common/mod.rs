@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod config;
+pub mod http;
 
 // Each test binary uses a different part of these.
 #[allow(unused_imports)]
@@ -30,6 +31,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TestServer {
     pub addr: String,
     pub port: u16,
+    /// The status page / JSON API / metrics listener (`host:port`), if on.
+    pub http_addr: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     config_path: PathBuf,
@@ -59,6 +62,7 @@ impl TestServer {
         let mut s = Self {
             addr: String::new(),
             port: 0,
+            http_addr: None,
             child: None,
             dir,
             config_path,
@@ -101,6 +105,8 @@ impl TestServer {
             self.config_path.display().to_string(),
             "--address".into(),
             "127.0.0.1:0".into(),
+            "--http-address".into(),
+            "127.0.0.1:0".into(),
             "--verbose".into(),
             "--data-dir".into(),
             self.dir.path().display().to_string(),
@@ -127,14 +133,17 @@ impl TestServer {
         let mut child = cmd.spawn().expect("start re-server");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (http_tx, http_rx) = std::sync::mpsc::channel();
         let logs = self.logs.clone();
         let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).ok();
         // Drains stderr for the server's whole life so the pipe never fills.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("Starting server on ") {
-                    let addr =
-                        line[i + "Starting server on ".len()..].split_whitespace().next().unwrap_or("").to_string();
+                // Logged before "Starting server on" (text or JSON lines).
+                if let Some(addr) = address_after(&line, "Status page and API on http://") {
+                    let _ = http_tx.send(addr);
+                }
+                if let Some(addr) = address_after(&line, "Starting server on ") {
                     let _ = tx.send(addr);
                 }
                 if let Some(f) = log_file.as_mut() {
@@ -155,7 +164,13 @@ impl TestServer {
         };
         self.port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in address");
         self.addr = addr;
+        self.http_addr = http_rx.try_recv().ok();
         self.child = Some(child);
+    }
+
+    /// `http://host:port` of the status page and its API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr.as_deref().expect("the server has no HTTP listener"))
     }
 
     pub fn endpoint(&self) -> String {
@@ -244,6 +259,13 @@ impl Drop for TestServer {
 
 /// True if `tool` is on PATH. Otherwise the test is skipped loudly, except
 /// under CI=true, where a missing tool is a failure.
+/// The `host:port` that follows `marker` in a log line.
+fn address_after(line: &str, marker: &str) -> Option<String> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let addr: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect();
+    (!addr.is_empty()).then_some(addr)
+}
+
 pub fn require_tool(tool: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let found = std::env::var_os("PATH")
@@ -288,7 +310,7 @@ pub fn run_to_exit(config: &str, timeout: Duration) -> Exited {
     let mut child = Command::new(env!("CARGO_BIN_EXE_re-server"))
         .arg("--config")
         .arg(&config_path)
-        .args(["--address", "127.0.0.1:0", "--data-dir"])
+        .args(["--address", "127.0.0.1:0", "--http-address", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

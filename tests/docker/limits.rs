@@ -68,7 +68,7 @@ async fn limits_case(warm: bool, archive: bool) {
     next.input_files = vec![("other.txt".into(), b"x".to_vec(), false)];
     let (_, listing) = run_ok(&ch, &next).await;
     assert_eq!(listing, ". ./other.txt ", "leftovers of the previous action");
-    assert!(server.logs().contains("Registered docker worker: docker-worker-1"));
+    assert!(server.logs().contains("Registered docker worker docker-worker-1 (group docker-0)"));
     stop_and_expect_no_leak(&mut server, None);
 }
 

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod metadata;
 mod properties;
+mod recovery;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

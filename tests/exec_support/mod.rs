@@ -114,6 +114,9 @@ pub struct ExecOpts {
     pub skip_cache_lookup: bool,
     pub priority: i32,
     pub invocation: Option<String>,
+    /// RequestMetadata's action_mnemonic and target_id, as Bazel sends them.
+    pub mnemonic: Option<String>,
+    pub target: Option<String>,
 }
 
 pub fn execute_request(instance: &str, digest: &Digest, opts: &ExecOpts) -> tonic::Request<ExecuteRequest> {
@@ -124,8 +127,13 @@ pub fn execute_request(instance: &str, digest: &Digest, opts: &ExecOpts) -> toni
         execution_policy: Some(ExecutionPolicy { priority: opts.priority }),
         ..Default::default()
     });
-    if let Some(inv) = &opts.invocation {
-        let md = RequestMetadata { tool_invocation_id: inv.clone(), ..Default::default() };
+    if opts.invocation.is_some() || opts.mnemonic.is_some() || opts.target.is_some() {
+        let md = RequestMetadata {
+            tool_invocation_id: opts.invocation.clone().unwrap_or_default(),
+            action_mnemonic: opts.mnemonic.clone().unwrap_or_default(),
+            target_id: opts.target.clone().unwrap_or_default(),
+            ..Default::default()
+        };
         req.metadata_mut().insert_bin(
             re_proto::REQUEST_METADATA_HEADER,
             tonic::metadata::MetadataValue::from_bytes(&md.encode_to_vec()),
