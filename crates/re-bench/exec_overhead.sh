@@ -34,7 +34,7 @@ p50() {
   local data
   data=$(mktemp -d "$DATA_ROOT/re-exec-overhead.XXXX")
   printf '%b' "$config" >"$data/c.toml"
-  "$bin/re-server" --config "$data/c.toml" --address 127.0.0.1:0 --data-dir "$data" 2>"$data/log" &
+  "$bin/re-server" --config "$data/c.toml" --address 127.0.0.1:0 --http-address 127.0.0.1:0 --data-dir "$data" 2>"$data/log" &
   local pid=$!
   for _ in $(seq 100); do grep -q "Starting server on" "$data/log" && break; sleep 0.1; done
   local addr

@@ -58,7 +58,7 @@ if [ -s "$OUT/sha256_mb_s.txt" ]; then
   python3 crates/re-bench/floors.py "$DATA" "$(cat "$OUT/sha256_mb_s.txt")" > "$OUT/upload_floors.txt" || true
 fi
 # shellcheck disable=SC2086
-"$BIN/re-server" --address 127.0.0.1:0 --data-dir "$DATA" ${SERVER_ARGS:-} 2> "$OUT/server.log" &
+"$BIN/re-server" --address 127.0.0.1:0 --http-address 127.0.0.1:0 --data-dir "$DATA" ${SERVER_ARGS:-} 2> "$OUT/server.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do grep -q "Starting server on" "$OUT/server.log" && break; sleep 0.1; done

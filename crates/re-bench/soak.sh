@@ -33,7 +33,7 @@ max_size_bytes = $CAS_BYTES
 type = "host"
 count = 2
 EOF
-"$BIN/re-server" --config "$DATA/soak.toml" --address 127.0.0.1:0 --data-dir "$DATA" 2>"$OUT/server.log" &
+"$BIN/re-server" --config "$DATA/soak.toml" --address 127.0.0.1:0 --http-address 127.0.0.1:0 --data-dir "$DATA" 2>"$OUT/server.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do grep -q "Starting server on" "$OUT/server.log" && break; sleep 0.1; done
