@@ -1,10 +1,11 @@
 //! Fresh mode: a new container per action whose main process is the action
 //! (`docker run --rm` semantics), removed afterwards whatever happened.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{AttachContainerOptionsBuilder, WaitContainerOptionsBuilder};
+use bollard::query_parameters::{AttachContainerOptionsBuilder, EventsOptionsBuilder, WaitContainerOptionsBuilder};
 use bollard::Docker;
 use futures::StreamExt;
 use re_proto::{Error, Result};
@@ -94,6 +95,7 @@ impl FreshContainers {
         probe.container_started(&run.container);
         let (engine, cfg, worker) = (&self.engine, &self.cfg, self.worker.as_str());
         let id = run.container.as_str();
+        let started = unix_now();
         if let Err(e) = docker.start_container(id, None).await {
             let msg = engine_message(&e);
             // A program that cannot be started is the action's fault.
@@ -141,7 +143,28 @@ impl FreshContainers {
         let code = state.exit_code.unwrap_or(-1) as i32;
         // OOMKilled is set when any process of the container was killed; only
         // a failed action is blamed on it (one that recovered succeeded).
-        let error = (state.oom_killed == Some(true) && code != 0).then(|| super::oom_error(cfg, worker));
+        // The engine sets the flag from an OOM event that may arrive after the
+        // exit; a SIGKILLed action under a memory limit asks the event log.
+        let oom = state.oom_killed == Some(true)
+            || (code == 137 && cfg.memory_limit.is_some() && self.oom_event_since(docker, id, started).await);
+        let error = (oom && code != 0).then(|| super::oom_error(cfg, worker));
         Ok(Exit { code, error, usage })
     }
+
+    /// Whether the engine logged an `oom` event for `container` since
+    /// `since` (unix seconds), waiting up to 2 s for a late one.
+    async fn oom_event_since(&self, docker: &Docker, container: &str, since: u64) -> bool {
+        let filters = HashMap::from([("container", vec![container]), ("event", vec!["oom"])]);
+        let opts = EventsOptionsBuilder::default()
+            .since(&since.saturating_sub(1).to_string())
+            .until(&(unix_now() + 2).to_string())
+            .filters(&filters)
+            .build();
+        let mut events = docker.events(Some(opts));
+        matches!(tokio::time::timeout(Duration::from_secs(5), events.next()).await, Ok(Some(Ok(_))))
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::config::DockerWorkerConfig;
 use super::engine::{status_of, Engine};
 use super::io::{pump, Pumped};
-use super::spec::{host_config, parse_report, Spec, MOUNT_POINT};
+use super::spec::{host_config, parse_oom_kills, parse_report, Spec, MOUNT_POINT};
 use super::{archive, Launch};
 use crate::action::PreparedAction;
 use crate::run_frame::{ActionDir, Exit, Probe};
@@ -62,6 +62,10 @@ while :; do o=
   n=$((n+1)); sleep 0.1
 done
 printf '\036%s %s %s %s %s\n' "$m" "${o:-0}" "$((u1-u0))" "$((s1-s0))" "$p" >&2; exit $c"#;
+
+/// Prints the memory cgroup's OOM counters (v1 or v2), built-ins only.
+const READ_OOM_COUNTERS: &str = "for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events; do \
+[ -r \"$f\" ] && while read -r k v; do echo \"$k $v\"; done < \"$f\"; done";
 
 /// Archive mode: empties the action's directory inside the container.
 const CLEAR_EXEC_ROOT: &str = "rm -rf /re-server/exec";
@@ -311,14 +315,41 @@ impl WarmContainer {
                 // may still run, so the container is not reused.
                 debug!(worker = %self.worker, "the exec ended without its report; recycling the container");
                 run.broken = true;
+                // The OOM killer may pick the wrapper itself (memory is still
+                // charged while the first victim's pages are freed): ask the
+                // container's cgroup directly.
                 if code == 137 && self.cfg.memory_limit.is_some() {
-                    warn!(worker = %self.worker, "exit 137 and the OOM counter could not be read");
+                    match self.oom_kills_since(docker, &run.container, w.oom_kills).await {
+                        Some(kills) => {
+                            w.oom_kills = kills;
+                            Some(super::oom_error(&self.cfg, &self.worker))
+                        }
+                        None => {
+                            warn!(worker = %self.worker, "exit 137 and no OOM kill counted");
+                            None
+                        }
+                    }
+                } else {
+                    None
                 }
-                None
             }
         };
         w.last_used = Instant::now();
         Ok(Exit { code, error, usage })
+    }
+
+    /// The container's OOM-kill count once it exceeds `baseline` (read for
+    /// up to 2 s, as the kernel may count a kill late), or None.
+    async fn oom_kills_since(&self, docker: &Docker, container: &str, baseline: u64) -> Option<u64> {
+        for _ in 0..20 {
+            let (_, text) = self.engine.exec_capture(docker, container, READ_OOM_COUNTERS).await.ok()?;
+            match parse_oom_kills(&text) {
+                Some(kills) if kills > baseline => return Some(kills),
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                None => return None,
+            }
+        }
+        None
     }
 
     /// Whether `container` is gone or stopped: removed or killed from
