@@ -20,18 +20,22 @@ OUT=$(mktemp -d /tmp/metrics-overhead.XXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DATA_ROOT"/re-metrics-ab.*' EXIT
 
-start() { # NAME METRICS → prints the gRPC address
+start() { # NAME METRICS: starts a server in the background
   local data
   data=$(mktemp -d "$DATA_ROOT/re-metrics-ab.XXXX")
   printf '[server]\nmetrics = %s\n[[execution.pool.workers]]\ntype = "host"\ncount = 2\n' "$2" > "$data/c.toml"
   "$BIN/re-server" --config "$data/c.toml" --address 127.0.0.1:0 --http-address 127.0.0.1:0 --data-dir "$data" \
-    2> "$OUT/$1.log" &
+    >/dev/null 2> "$OUT/$1.log" &
   PIDS+=($!)
+}
+address() { # NAME → the gRPC address it logged
   for _ in $(seq 100); do grep -q "Starting server on" "$OUT/$1.log" && break; sleep 0.1; done
   grep -o "Starting server on [0-9.:]*" "$OUT/$1.log" | awk '{print $4}'
 }
-ON=$(start on true)
-OFF=$(start off false)
+start on true
+start off false
+ON=$(address on)
+OFF=$(address off)
 [ -n "$ON" ] && [ -n "$OFF" ] || { echo "a server did not start" >&2; cat "$OUT"/*.log >&2; exit 1; }
 echo "metrics on: $ON, off: $OFF; $ROUNDS rounds of ${RUN_SECS}s per scenario; results in $OUT" >&2
 
