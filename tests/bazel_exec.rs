@@ -4,34 +4,39 @@
 mod bazel_support;
 mod common;
 
+use std::collections::BTreeMap;
+
 use bazel_support::{outputs, BazelWorkspace};
 use common::ServerConfig;
 
-#[test]
-fn bazel_builds_and_tests_remotely() {
-    if !common::require_tool("bazel") {
-        return;
-    }
-    // Reference: a purely local build.
+/// The outputs of a purely local build of the workspace.
+fn local_reference() -> BTreeMap<String, Vec<u8>> {
     let local = BazelWorkspace::new();
     let r = local.run("build", &["//..."]);
     assert!(r.success, "local build failed:\n{}", r.output);
     let expected = outputs(&local.bazel_bin());
-    drop(local);
     assert!(expected.len() >= 8, "too few outputs to compare: {:?}", expected.keys());
     assert!(expected.keys().any(|k| k == "big.txt" || k.ends_with("big.txt")), "{:?}", expected.keys());
+    expected
+}
 
-    let server = common::TestServer::start(&ServerConfig::filesystem().instance("main").host_workers(2).toml());
+fn remote_flags(server: &common::TestServer) -> Vec<String> {
+    [
+        format!("--remote_executor={}", server.grpc_url()),
+        "--remote_instance_name=main".into(),
+        "--spawn_strategy=remote".into(),
+        "--remote_local_fallback=false".into(),
+        "--remote_default_exec_properties=OSFamily=linux".into(),
+    ]
+    .into()
+}
+
+/// Builds and tests `//...` with every action on `server`; the outputs
+/// must equal `expected` byte for byte.
+fn build_and_test_remotely(server: &common::TestServer, expected: &BTreeMap<String, Vec<u8>>) -> BazelWorkspace {
     let ws = BazelWorkspace::new();
-    let exec = format!("--remote_executor={}", server.grpc_url());
-    let remote = [
-        exec.as_str(),
-        "--remote_instance_name=main",
-        "--spawn_strategy=remote",
-        "--remote_local_fallback=false",
-        "--remote_default_exec_properties=OSFamily=linux",
-    ];
-
+    let flags = remote_flags(server);
+    let remote: Vec<&str> = flags.iter().map(String::as_str).collect();
     let r = ws.run("build", &[&["//..."], &remote[..]].concat());
     assert!(r.success, "remote build failed:\n{}\nserver logs:\n{}", r.output, server.logs());
     let p = r.processes();
@@ -41,16 +46,28 @@ fn bazel_builds_and_tests_remotely() {
     }
     let got = outputs(&ws.bazel_bin());
     assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
-    for (path, data) in &expected {
+    for (path, data) in expected {
         assert!(got[path] == *data, "{path} differs from the local build");
     }
-
     let r = ws.run("test", &[&["//..."], &remote[..]].concat());
     assert!(r.success, "remote test failed:\n{}", r.output);
     assert!(r.output.contains("2 tests pass"), "{}", r.output);
     assert!(!r.processes().contains_key("linux-sandbox"), "{}", r.summary_line());
+    ws
+}
+
+#[test]
+fn bazel_builds_and_tests_remotely() {
+    if !common::require_tool("bazel") {
+        return;
+    }
+    let expected = local_reference();
+    let server = common::TestServer::start(&ServerConfig::filesystem().instance("main").host_workers(2).toml());
+    let ws = build_and_test_remotely(&server, &expected);
 
     // After a clean, every action is a cache hit served by re-server.
+    let flags = remote_flags(&server);
+    let remote: Vec<&str> = flags.iter().map(String::as_str).collect();
     assert!(ws.run("clean", &[]).success);
     let r = ws.run("test", &[&["//..."], &remote[..]].concat());
     assert!(r.success, "{}", r.output);
@@ -62,6 +79,18 @@ fn bazel_builds_and_tests_remotely() {
         "not all from the cache: {}",
         r.summary_line()
     );
+}
+
+#[test]
+fn bazel_builds_and_tests_with_every_action_in_the_sandbox() {
+    if !common::require_tool("bazel") || !common::require_tool("bwrap") {
+        return;
+    }
+    let expected = local_reference();
+    let workers = "[[execution.pool.workers]]\ntype = \"host\"\ncount = 2\nuse_chroot = true";
+    let server = common::TestServer::start(&ServerConfig::filesystem().instance("main").workers(workers).toml());
+    build_and_test_remotely(&server, &expected);
+    assert!(!server.logs().contains("cannot start"), "{}", server.logs());
 }
 
 /// Uploads `total` bytes of new blobs, pushing older ones out of the CAS.
@@ -99,14 +128,8 @@ fn bazel_recovers_when_the_cas_evicted_everything_it_had_built() {
     let config = ServerConfig::filesystem().instance("main").cas("max_size_bytes = 134217728").host_workers(2);
     let server = common::TestServer::start(&config.toml());
     let ws = BazelWorkspace::new();
-    let exec = format!("--remote_executor={}", server.grpc_url());
-    let remote = [
-        exec.as_str(),
-        "--remote_instance_name=main",
-        "--spawn_strategy=remote",
-        "--remote_local_fallback=false",
-        "--remote_default_exec_properties=OSFamily=linux",
-    ];
+    let flags = remote_flags(&server);
+    let remote: Vec<&str> = flags.iter().map(String::as_str).collect();
     let r = ws.run("build", &[&["//..."], &remote[..]].concat());
     assert!(r.success, "first build failed:\n{}", r.output);
     let built = outputs(&ws.bazel_bin());

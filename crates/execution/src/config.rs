@@ -175,9 +175,19 @@ pub struct HostWorkerConfig {
     /// Memory one of these workers needs: adding one through the status API
     /// is refused while the machine has less available (unless forced).
     pub memory_per_worker_bytes: u64,
+    /// Run each action in a bubblewrap sandbox (`sandbox.rs`); the key of the
+    /// worker framework these configs come from.
+    pub use_chroot: bool,
+    /// Read-only host paths a sandboxed action sees.
+    pub sandbox_paths: Vec<PathBuf>,
+    /// Whether a sandboxed action keeps the host's network.
+    pub sandbox_network: bool,
     /// `run_as_user` / `run_as_group` looked up by `resolve`.
     #[serde(skip)]
     user: Option<UserIds>,
+    /// Built by `resolve` when `use_chroot` is on.
+    #[serde(skip)]
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl Default for HostWorkerConfig {
@@ -192,7 +202,11 @@ impl Default for HostWorkerConfig {
             properties: BTreeMap::new(),
             link_inputs: true,
             memory_per_worker_bytes: 512 << 20,
+            use_chroot: false,
+            sandbox_paths: crate::sandbox::DEFAULT_SANDBOX_PATHS.iter().map(PathBuf::from).collect(),
+            sandbox_network: false,
             user: None,
+            sandbox: None,
         }
     }
 }
@@ -203,9 +217,17 @@ impl HostWorkerConfig {
         self.user
     }
 
+    /// The sandbox actions run in (after `resolve`), if `use_chroot`.
+    pub fn sandbox(&self) -> Option<&crate::sandbox::Sandbox> {
+        self.sandbox.as_ref()
+    }
+
     fn resolve(&mut self, data_dir: &Path) -> Result<(), ConfigError> {
         if self.work_dir.as_os_str().is_empty() {
             self.work_dir = data_dir.join("work");
+        }
+        if self.use_chroot {
+            self.sandbox = Some(crate::sandbox::Sandbox::new(&self.sandbox_paths, self.sandbox_network)?);
         }
         let Some(name) = &self.run_as_user else {
             return match self.run_as_group {

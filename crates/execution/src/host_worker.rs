@@ -13,6 +13,7 @@ use crate::config::HostWorkerConfig;
 use crate::input_tree::LinkMode;
 use crate::platform::Properties;
 use crate::run_frame::{ActionDir, DirAccess, Exit, Launcher, Probe};
+use crate::sandbox::Sandbox;
 use crate::spawner::{Command, Spawner};
 use crate::user::UserIds;
 
@@ -24,6 +25,7 @@ pub struct HostLauncher {
     base_env: Vec<(String, String)>,
     user: Option<UserIds>,
     link_mode: LinkMode,
+    sandbox: Option<Sandbox>,
     spawner: Spawner,
 }
 
@@ -55,7 +57,8 @@ impl HostLauncher {
         let user = config.user_ids();
         let share = config.link_inputs && crate::user::may_share_cas_files(user.map(|u| u.uid));
         let link_mode = if share { LinkMode::HardLink } else { LinkMode::Copy };
-        Ok(Self { id, properties, work_dir, base_env, user, link_mode, spawner })
+        let sandbox = config.sandbox().cloned();
+        Ok(Self { id, properties, work_dir, base_env, user, link_mode, sandbox, spawner })
     }
 }
 
@@ -109,7 +112,7 @@ impl Launcher for HostLauncher {
             env.retain(|(k, _)| *k != v.name);
             env.push((v.name.clone(), v.value.clone()));
         }
-        Ok(Some(Command {
+        let cmd = Command {
             program: args[0].clone(),
             args: args[1..].to_vec(),
             env,
@@ -117,6 +120,10 @@ impl Launcher for HostLauncher {
             stdout: dir.stdout.clone(),
             stderr: dir.stderr.clone(),
             user: self.user.map(|u| (u.uid, u.gid)),
+        };
+        Ok(Some(match &self.sandbox {
+            Some(sandbox) => sandbox.wrap(cmd, &dir.root),
+            None => cmd,
         }))
     }
 

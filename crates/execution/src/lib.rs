@@ -34,6 +34,7 @@ pub mod process;
 pub mod queue;
 pub mod recent;
 pub mod run_frame;
+pub mod sandbox;
 pub mod scheduler;
 pub mod spawner;
 pub mod usage;
