@@ -45,6 +45,15 @@ pub struct ServerConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Record Prometheus metrics (served at `/metrics`).
     pub metrics: bool,
+    pub auth: AuthConfig,
+}
+
+/// `[server.auth]`: who may call the gRPC port (`crates/auth`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Tokens and their roles; unset: every call is allowed.
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +68,7 @@ impl Default for ServerConfig {
             http_address: "127.0.0.1:8981".into(),
             admin_token_file: None,
             metrics: true,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -85,6 +95,9 @@ impl ServerConfig {
                     format!("{}: the token (its first line) must have at least 16 characters", path.display()),
                 ));
             }
+        }
+        if let Some(path) = &self.auth.tokens_file {
+            re_auth::TokensFile::load(path).map_err(|e| ConfigError::new("auth.tokens_file", e))?;
         }
         if self.data_dir.as_os_str().is_empty() {
             self.data_dir = default_data_dir();

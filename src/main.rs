@@ -225,6 +225,7 @@ async fn serve(
     info!(instance_name = %instance, "Starting server on {local}");
     let incoming = listener::incoming(listener, config.server.max_connections);
     let grpc_metrics = metrics.clone().map(re_metrics::grpc_layer::GrpcMetricsLayer::new);
+    let auth = client_auth(&config.server, local)?;
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_seconds);
     let serve = tonic::transport::Server::builder()
         // hyper's 1 MiB default windows stall a client on every 1 MiB ByteStream
@@ -241,7 +242,9 @@ async fn serve(
         // and what they held (uploads, waiters) released.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // Metrics outside, so refused calls are counted too.
         .layer(tower::util::option_layer(grpc_metrics))
+        .layer(tower::util::option_layer(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -276,6 +279,33 @@ async fn serve(
     }
     info!("Server stopped");
     Ok(())
+}
+
+/// The tokens layer when `[server.auth] tokens_file` is set (re-read on
+/// SIGHUP); without one, a loud warning when the port is not loopback.
+fn client_auth(
+    server: &config::ServerConfig,
+    local: std::net::SocketAddr,
+) -> Result<Option<re_auth::AuthLayer>, Box<dyn std::error::Error>> {
+    let Some(path) = &server.auth.tokens_file else {
+        if !local.ip().is_loopback() {
+            warn!(
+                "NO AUTHENTICATION: {local} is reachable from the network and [server.auth] tokens_file is unset: \
+                 anyone who can connect can read and write every blob and run any command"
+            );
+        }
+        return Ok(None);
+    };
+    let tokens = Arc::new(re_auth::TokensFile::load(path).map_err(|e| format!("server.auth.tokens_file: {e}"))?);
+    info!(tokens = tokens.current().len(), "clients need a token (server.auth.tokens_file)");
+    let reloaded = tokens.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            reloaded.reload();
+        }
+    });
+    Ok(Some(re_auth::AuthLayer::new(tokens)))
 }
 
 /// After the pool stopped, connections get this long to take their answers;

@@ -144,3 +144,32 @@ fn bazel_recovers_when_the_cas_evicted_everything_it_had_built() {
     assert!(p.get("remote").copied().unwrap_or(0) >= 10, "actions ran again: {}", r.summary_line());
     assert_eq!(outputs(&ws.bazel_bin()), built, "the rebuilt outputs are the same");
 }
+
+#[test]
+fn bazel_builds_with_its_token_and_is_refused_without_it() {
+    if !common::require_tool("bazel") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let token = "bazel-ci-0123456789abcdef";
+    std::fs::write(&tokens, format!("{token} cache-read,cache-write,execute\n")).unwrap();
+    let config = ServerConfig::filesystem()
+        .instance("main")
+        .server(&format!("auth = {{ tokens_file = \"{}\" }}", tokens.display()))
+        .host_workers(2);
+    let server = common::TestServer::start(&config.toml());
+    let flags = remote_flags(&server);
+    let remote: Vec<&str> = flags.iter().map(String::as_str).collect();
+
+    let ws = BazelWorkspace::new();
+    let r = ws.run("build", &[&["//..."], &remote[..]].concat());
+    assert!(!r.success, "built without a token:\n{}", r.output);
+    assert!(r.output.contains("UNAUTHENTICATED"), "{}", r.output);
+
+    let header = format!("--remote_header=authorization=Bearer {token}");
+    let r = ws.run("build", &[&["//..."], &remote[..], &[header.as_str()]].concat());
+    assert!(r.success, "remote build with the token failed:\n{}\nserver logs:\n{}", r.output, server.logs());
+    assert!(r.processes().get("remote").copied().unwrap_or(0) >= 10, "{}", r.summary_line());
+    assert!(!server.logs().contains(token), "the token was logged");
+}

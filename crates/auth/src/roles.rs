@@ -1,0 +1,94 @@
+//! The roles a token can hold, and the one each RPC needs: the rule lives
+//! here only.
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    CacheRead,
+    CacheWrite,
+    Execute,
+    Admin,
+    Worker,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::CacheRead, Role::CacheWrite, Role::Execute, Role::Admin, Role::Worker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::CacheRead => "cache-read",
+            Role::CacheWrite => "cache-write",
+            Role::Execute => "execute",
+            Role::Admin => "admin",
+            Role::Worker => "worker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a request to the gRPC `path` (`/package.Service/Method`) needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Open to anyone (health checks of load balancers).
+    Nothing,
+    /// Any known token, whatever its roles (capabilities, reflection).
+    AnyToken,
+    Role(Role),
+}
+
+pub fn required_role(path: &str) -> Needs {
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    match (service, method) {
+        ("grpc.health.v1.Health", _) => Needs::Nothing,
+        ("build.bazel.remote.execution.v2.ContentAddressableStorage", "BatchUpdateBlobs" | "SpliceBlob") => {
+            Needs::Role(Role::CacheWrite)
+        }
+        ("build.bazel.remote.execution.v2.ContentAddressableStorage", _) => Needs::Role(Role::CacheRead),
+        ("google.bytestream.ByteStream", "Read") => Needs::Role(Role::CacheRead),
+        ("google.bytestream.ByteStream", _) => Needs::Role(Role::CacheWrite),
+        ("build.bazel.remote.execution.v2.ActionCache", "UpdateActionResult") => Needs::Role(Role::CacheWrite),
+        ("build.bazel.remote.execution.v2.ActionCache", _) => Needs::Role(Role::CacheRead),
+        ("build.bazel.remote.execution.v2.Execution", _) | ("google.longrunning.Operations", _) => {
+            Needs::Role(Role::Execute)
+        }
+        // Capabilities, reflection and anything unknown (answered UNIMPLEMENTED
+        // by the router once the caller is known).
+        _ => Needs::AnyToken,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rpc_needs_its_role() {
+        let cas = "/build.bazel.remote.execution.v2.ContentAddressableStorage/";
+        assert_eq!(required_role(&format!("{cas}FindMissingBlobs")), Needs::Role(Role::CacheRead));
+        assert_eq!(required_role(&format!("{cas}BatchUpdateBlobs")), Needs::Role(Role::CacheWrite));
+        assert_eq!(required_role("/google.bytestream.ByteStream/Write"), Needs::Role(Role::CacheWrite));
+        assert_eq!(required_role("/google.bytestream.ByteStream/QueryWriteStatus"), Needs::Role(Role::CacheWrite));
+        assert_eq!(required_role("/google.bytestream.ByteStream/Read"), Needs::Role(Role::CacheRead));
+        assert_eq!(
+            required_role("/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"),
+            Needs::Role(Role::CacheWrite)
+        );
+        assert_eq!(required_role("/build.bazel.remote.execution.v2.Execution/Execute"), Needs::Role(Role::Execute));
+        assert_eq!(required_role("/google.longrunning.Operations/CancelOperation"), Needs::Role(Role::Execute));
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), Needs::Nothing);
+        assert_eq!(required_role("/build.bazel.remote.execution.v2.Capabilities/GetCapabilities"), Needs::AnyToken);
+        assert_eq!(required_role("/nonsense"), Needs::AnyToken);
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.name()), Some(r));
+        }
+    }
+}
