@@ -124,8 +124,10 @@ async fn serve(
 
     let metrics = config.server.metrics.then(|| Arc::new(re_metrics::Metrics::new()));
     // Read before anything starts: a token file that went away is an error now.
+    let tokens = load_tokens(&config.server)?;
     let admin = re_status::AdminToken::load(config.server.admin_token_file.as_deref())
-        .map_err(|e| format!("server.admin_token_file: {e}"))?;
+        .map_err(|e| format!("server.admin_token_file: {e}"))?
+        .with_roles(tokens.clone());
 
     info!("Initializing storage...");
     let cas_config = &config.storage.cas;
@@ -225,7 +227,7 @@ async fn serve(
     info!(instance_name = %instance, "Starting server on {local}");
     let incoming = listener::incoming(listener, config.server.max_connections);
     let grpc_metrics = metrics.clone().map(re_metrics::grpc_layer::GrpcMetricsLayer::new);
-    let auth = client_auth(&config.server, local)?;
+    let auth = client_auth(tokens.clone(), local);
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_seconds);
     let serve = tonic::transport::Server::builder()
         // hyper's 1 MiB default windows stall a client on every 1 MiB ByteStream
@@ -281,21 +283,9 @@ async fn serve(
     Ok(())
 }
 
-/// The tokens layer when `[server.auth] tokens_file` is set (re-read on
-/// SIGHUP); without one, a loud warning when the port is not loopback.
-fn client_auth(
-    server: &config::ServerConfig,
-    local: std::net::SocketAddr,
-) -> Result<Option<re_auth::AuthLayer>, Box<dyn std::error::Error>> {
-    let Some(path) = &server.auth.tokens_file else {
-        if !local.ip().is_loopback() {
-            warn!(
-                "NO AUTHENTICATION: {local} is reachable from the network and [server.auth] tokens_file is unset: \
-                 anyone who can connect can read and write every blob and run any command"
-            );
-        }
-        return Ok(None);
-    };
+/// `[server.auth] tokens_file`, re-read on SIGHUP.
+fn load_tokens(server: &config::ServerConfig) -> Result<Option<Arc<re_auth::TokensFile>>, Box<dyn std::error::Error>> {
+    let Some(path) = &server.auth.tokens_file else { return Ok(None) };
     let tokens = Arc::new(re_auth::TokensFile::load(path).map_err(|e| format!("server.auth.tokens_file: {e}"))?);
     info!(tokens = tokens.current().len(), "clients need a token (server.auth.tokens_file)");
     let reloaded = tokens.clone();
@@ -305,7 +295,19 @@ fn client_auth(
             reloaded.reload();
         }
     });
-    Ok(Some(re_auth::AuthLayer::new(tokens)))
+    Ok(Some(tokens))
+}
+
+/// The tokens layer when there are tokens; without them, a loud warning
+/// when the port is not loopback.
+fn client_auth(tokens: Option<Arc<re_auth::TokensFile>>, local: std::net::SocketAddr) -> Option<re_auth::AuthLayer> {
+    if tokens.is_none() && !local.ip().is_loopback() {
+        warn!(
+            "NO AUTHENTICATION: {local} is reachable from the network and [server.auth] tokens_file is unset: \
+             anyone who can connect can read and write every blob and run any command"
+        );
+    }
+    tokens.map(re_auth::AuthLayer::new)
 }
 
 /// After the pool stopped, connections get this long to take their answers;

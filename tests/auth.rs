@@ -23,6 +23,7 @@ use tonic::Code;
 
 const READER: &str = "reader-0123456789abcdef";
 const BUILDER: &str = "builder-0123456789abcdef";
+const ADMIN: &str = "admin-0123456789abcdef01";
 const LATER: &str = "added-later-0123456789ab";
 
 fn with_token<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
@@ -131,8 +132,9 @@ async fn call_everything(ch: &Channel, token: Option<&str>) -> Vec<(&'static str
 
 fn server_with_tokens(dir: &std::path::Path) -> TestServer {
     let tokens = dir.join("tokens");
-    std::fs::write(&tokens, format!("# test tokens\n{READER} cache-read\n{BUILDER} cache-read,cache-write,execute\n"))
-        .unwrap();
+    let lines =
+        format!("# test tokens\n{READER} cache-read\n{BUILDER} cache-read,cache-write,execute\n{ADMIN} admin\n");
+    std::fs::write(&tokens, lines).unwrap();
     let config = ServerConfig::memory().server(&format!("auth = {{ tokens_file = \"{}\" }}", tokens.display()));
     TestServer::start(&config.host_workers(1).toml())
 }
@@ -231,4 +233,16 @@ fn a_bad_tokens_file_stops_the_server_at_start_with_its_key_and_line() {
         stderr.contains("server.auth.tokens_file") && stderr.contains("line 1: unknown role 'superuser'"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_api_controls_take_a_token_with_the_admin_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_tokens(dir.path());
+    let drain = format!("{}/api/workers/host-worker-1/drain", server.http_url());
+    let body = serde_json::json!({});
+    assert_eq!(common::http::post(&drain, body.clone(), Some(BUILDER)).await.status, 401);
+    assert_eq!(common::http::post(&drain, body.clone(), None).await.status, 401);
+    let r = common::http::post(&drain, body, Some(ADMIN)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }

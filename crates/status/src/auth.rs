@@ -26,33 +26,48 @@ pub async fn require_reader(State(s): State<Arc<StatusState>>, req: Request, nex
     require_admin(State(s), req, next).await
 }
 
+/// Who may steer: the token of `[server] admin_token_file`, or any token of
+/// the gRPC tokens file that holds the `admin` role.
 #[derive(Clone, Default)]
-pub struct AdminToken(Option<String>);
+pub struct AdminToken(Option<String>, Option<Arc<re_auth::TokensFile>>);
 
 impl AdminToken {
     /// The token in `path` (its first line, trimmed); none if unset.
     pub fn load(path: Option<&std::path::Path>) -> std::io::Result<Self> {
-        let Some(path) = path else { return Ok(Self(None)) };
+        let Some(path) = path else { return Ok(Self(None, None)) };
         let text = std::fs::read_to_string(path)?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
-        Ok(Self((!token.is_empty()).then_some(token)))
+        Ok(Self((!token.is_empty()).then_some(token), None))
     }
 
     pub fn from_token(token: Option<String>) -> Self {
-        Self(token)
+        Self(token, None)
+    }
+
+    /// Also accepts the tokens with the `admin` role in `tokens`.
+    pub fn with_roles(self, tokens: Option<Arc<re_auth::TokensFile>>) -> Self {
+        Self(self.0, tokens)
     }
 
     /// Ok when `headers` carry `Authorization: Bearer <the token>`.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
-        let Some(expected) = &self.0 else {
-            return Err((StatusCode::UNAUTHORIZED, "no admin token is configured ([server] admin_token_file)".into()));
-        };
+        if self.0.is_none() && self.1.is_none() {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "no admin token is configured ([server] admin_token_file, or the admin role in [server.auth] tokens_file)"
+                    .into(),
+            ));
+        }
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        let file_token = self.0.as_ref().is_some_and(|t| constant_time_eq(given.as_bytes(), t.as_bytes()));
+        let admin_role = || {
+            self.1.as_ref().is_some_and(|f| f.current().roles(given).is_some_and(|r| r.contains(&re_auth::Role::Admin)))
+        };
+        if file_token || admin_role() {
             Ok(())
         } else {
             Err((StatusCode::UNAUTHORIZED, "this needs the admin token (Authorization: Bearer ...)".into()))
