@@ -61,6 +61,7 @@ fn make_cert(dir: &Path, name: &str, ca: Option<&str>, ext: &str) -> PathBuf {
     dir.join(pem)
 }
 
+const TOKEN: &str = "tls-test-0123456789abcdef";
 const SERVER_EXT: &str = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n";
 const CLIENT_EXT: &str = "extendedKeyUsage=clientAuth\n";
 
@@ -78,7 +79,11 @@ fn tls_server(dir: &Path, mutual: bool) -> TestServer {
         tls.push_str(&format!(", client_ca_file = \"{}\"", p("ca.pem")));
     }
     tls.push_str(" }");
-    TestServer::start(&ServerConfig::filesystem().instance("main").server(&tls).host_workers(2).toml())
+    // Tokens too: health checks over TLS need none.
+    std::fs::write(dir.join("tokens"), format!("{TOKEN} cache-read,cache-write,execute\n")).unwrap();
+    let auth = format!("auth = {{ tokens_file = \"{}\" }}", p("tokens"));
+    let server = ServerConfig::filesystem().instance("main").server(&tls).server(&auth);
+    TestServer::start(&server.host_workers(2).toml())
 }
 
 fn grpcurl(server: &TestServer, args: &[&str]) -> (bool, String) {
@@ -99,7 +104,8 @@ async fn tls_channel(server: &TestServer, ca: &Path) -> Result<Channel, tonic::t
 }
 
 async fn capabilities(ch: &Channel) -> Result<(), tonic::Status> {
-    let req = GetCapabilitiesRequest { instance_name: "main".into() };
+    let mut req = tonic::Request::new(GetCapabilitiesRequest { instance_name: "main".into() });
+    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     CapabilitiesClient::new(ch.clone()).get_capabilities(req).await.map(drop)
 }
 
@@ -179,6 +185,7 @@ fn bazel_builds_over_mutual_tls() {
         "--spawn_strategy=remote".into(),
         "--remote_local_fallback=false".into(),
         "--remote_default_exec_properties=OSFamily=linux".into(),
+        format!("--remote_header=authorization=Bearer {TOKEN}"),
     ];
     let args: Vec<&str> = std::iter::once("//...").chain(flags.iter().map(String::as_str)).collect();
     let r = ws.run("build", &args);

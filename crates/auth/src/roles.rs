@@ -38,7 +38,8 @@ impl fmt::Display for Role {
 /// What a request to the gRPC `path` (`/package.Service/Method`) needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
-    /// Open to anyone (health checks of load balancers).
+    /// Open to anyone (health checks of load balancers, and the reflection
+    /// grpcurl needs for them).
     Nothing,
     /// Any known token, whatever its roles (capabilities, reflection).
     AnyToken,
@@ -48,7 +49,11 @@ pub enum Needs {
 pub fn required_role(path: &str) -> Needs {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     match (service, method) {
-        ("grpc.health.v1.Health", _) => Needs::Nothing,
+        // Load balancers probe health with grpcurl, which first asks
+        // reflection for the service's schema (public protos, no data).
+        ("grpc.health.v1.Health", _)
+        | ("grpc.reflection.v1.ServerReflection", _)
+        | ("grpc.reflection.v1alpha.ServerReflection", _) => Needs::Nothing,
         ("build.bazel.remote.execution.v2.ContentAddressableStorage", "BatchUpdateBlobs" | "SpliceBlob") => {
             Needs::Role(Role::CacheWrite)
         }
@@ -60,7 +65,7 @@ pub fn required_role(path: &str) -> Needs {
         ("build.bazel.remote.execution.v2.Execution", _) | ("google.longrunning.Operations", _) => {
             Needs::Role(Role::Execute)
         }
-        // Capabilities, reflection and anything unknown (answered UNIMPLEMENTED
+        // Capabilities and anything unknown (answered UNIMPLEMENTED
         // by the router once the caller is known).
         _ => Needs::AnyToken,
     }
@@ -85,6 +90,7 @@ mod tests {
         assert_eq!(required_role("/build.bazel.remote.execution.v2.Execution/Execute"), Needs::Role(Role::Execute));
         assert_eq!(required_role("/google.longrunning.Operations/CancelOperation"), Needs::Role(Role::Execute));
         assert_eq!(required_role("/grpc.health.v1.Health/Check"), Needs::Nothing);
+        assert_eq!(required_role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Needs::Nothing);
         assert_eq!(required_role("/build.bazel.remote.execution.v2.Capabilities/GetCapabilities"), Needs::AnyToken);
         assert_eq!(required_role("/nonsense"), Needs::AnyToken);
         for r in Role::ALL {
