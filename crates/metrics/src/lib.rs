@@ -29,6 +29,9 @@ fn bytes_buckets() -> Vec<f64> {
 /// Every metric re-server exports.
 pub struct Metrics {
     registry: Registry,
+    /// One scrape at a time: the gauges it resets and refills are never
+    /// read half-filled by another.
+    scrape: std::sync::Mutex<()>,
     // Execution.
     pub queue_length: IntGaugeVec,
     pub running_actions: IntGauge,
@@ -129,7 +132,16 @@ impl Metrics {
                 &["method"],
             ),
             registry,
+            scrape: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Refreshes the pool's gauges with `refresh`, then encodes, while no
+    /// other scrape runs.
+    pub fn scrape(&self, refresh: impl FnOnce()) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        refresh();
+        self.encode()
     }
 
     /// The text exposition of every family.

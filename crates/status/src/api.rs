@@ -84,9 +84,11 @@ pub async fn metrics(State(s): Shared) -> Response {
     let Some(m) = &s.metrics else {
         return (StatusCode::NOT_FOUND, "metrics are off ([server] metrics = false)\n").into_response();
     };
-    if let Some(sched) = &s.scheduler {
-        sched.refresh_metrics();
-    }
-    re_cas::metered::refresh(s.cas.as_ref(), m);
-    ([(header::CONTENT_TYPE, re_metrics::CONTENT_TYPE)], m.encode()).into_response()
+    let text = m.scrape(|| {
+        if let Some(sched) = &s.scheduler {
+            sched.refresh_metrics();
+        }
+        re_cas::metered::refresh(s.cas.as_ref(), m);
+    });
+    ([(header::CONTENT_TYPE, re_metrics::CONTENT_TYPE)], text).into_response()
 }
