@@ -66,6 +66,17 @@ async fn a_sandboxed_action_sees_only_its_inputs_and_no_network() {
     let (other_resp, _) = other_run.await.unwrap().unwrap();
     assert_eq!(other_resp.result.unwrap().exit_code, 0);
 
+    // A program that is not there is the client's mistake, as without a sandbox.
+    let missing = ActionSpec { args: vec!["/no/such/program".into()], ..Default::default() };
+    let (resp, _) = run_spec(&ch, "", &missing, &ExecOpts::default()).await.unwrap();
+    let status = resp.status.unwrap();
+    assert_eq!(status.code, Code::InvalidArgument as i32, "{}", status.message);
+    assert!(
+        status.message.contains("cannot start '/no/such/program': No such file or directory"),
+        "{}",
+        status.message
+    );
+
     // Outputs are collected as usual.
     let mut writes = ActionSpec::sh("cat input.txt > out.txt; echo done");
     writes.input_files = vec![("input.txt".into(), b"in".to_vec(), false)];

@@ -161,6 +161,28 @@ impl Launcher for HostLauncher {
             Some(r) => r,
             None => process.wait().await?,
         };
+        if self.sandbox.is_some() && reaped.code == 1 && error.is_none() {
+            if let Some(why) = sandboxed_exec_failure(dir).await {
+                return Err(Error::InvalidArgument(format!("cannot start '{}': {why}", job.command.arguments[0])));
+            }
+        }
         Ok(Exit { code: reaped.code, error, usage: Some(reaped.usage) })
     }
+}
+
+/// Why bubblewrap could not exec the action's program (it says so on the
+/// action's stderr and exits 1), as the spawner reports it without a sandbox.
+async fn sandboxed_exec_failure(dir: &ActionDir) -> Option<String> {
+    let path = dir.stderr.clone();
+    let head = re_proto::blocking::run(move || {
+        use std::io::Read;
+        let mut head = String::new();
+        let _ = std::fs::File::open(path).ok()?.take(4096).read_to_string(&mut head);
+        Some(head)
+    })
+    .await
+    .ok()??;
+    let line = head.lines().next()?.strip_prefix("bwrap: execvp ")?;
+    // "PROGRAM: REASON"
+    Some(line.split_once(": ").map_or(line, |(_, why)| why).to_string())
 }
