@@ -402,9 +402,15 @@ impl BlobStore for FilesystemStore {
             return Err(too_large(digest, self.shared.index.max_bytes()));
         }
         let tmp = self.shared.tmp_path(&digest);
-        let path = tmp.clone();
-        let file = tokio::task::spawn_blocking(move || create_upload_file(&path)).await??;
-        Ok(Box::new(FsWriter::new(self.shared.clone(), digest, tmp, file)))
+        let shared = self.shared.clone();
+        // The writer (which deletes its temp file when dropped) is made where
+        // the file is: a caller that goes away meanwhile (a client's reset)
+        // leaves no file behind.
+        let writer = tokio::task::spawn_blocking(move || {
+            create_upload_file(&tmp).map(|file| FsWriter::new(shared, digest, tmp, file))
+        })
+        .await??;
+        Ok(Box::new(writer))
     }
 
     fn file_path(&self, digest: DigestInfo) -> Option<PathBuf> {
