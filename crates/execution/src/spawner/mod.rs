@@ -10,7 +10,6 @@ mod zygote;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use parking_lot::Mutex;
 use re_proto::{Error, Result};
 use tokio::sync::oneshot;
 
-pub use protocol::Step;
+pub use protocol::{Command, Step};
 use protocol::{Reply, SpawnRequest};
 
 use crate::usage::ResourceUsage;
@@ -54,17 +53,6 @@ struct Shared {
     waiting: Mutex<Waiting>,
 }
 
-/// What to start.
-pub struct Command {
-    pub program: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: PathBuf,
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
-    pub user: Option<(u32, u32)>,
-}
-
 impl Spawner {
     /// Forks the spawner.
     ///
@@ -97,16 +85,7 @@ impl Spawner {
     pub async fn spawn(&self, cmd: Command) -> Result<SpawnedProcess> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let program = cmd.program.clone();
-        let req = SpawnRequest {
-            id,
-            program: cmd.program,
-            args: cmd.args,
-            env: cmd.env,
-            cwd: cmd.cwd,
-            stdout: cmd.stdout,
-            stderr: cmd.stderr,
-            user: cmd.user,
-        };
+        let req = SpawnRequest { id, command: cmd };
         let mut line =
             serde_json::to_vec(&req).map_err(|e| Error::InvalidArgument(format!("cannot start '{program}': {e}")))?;
         line.push(b'\n');

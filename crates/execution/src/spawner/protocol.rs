@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Start one action's process.
+/// What to start: one action's process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SpawnRequest {
-    pub id: u64,
+pub struct Command {
     /// `argv[0]`: a path, or a name looked up in the action's `PATH`.
     pub program: String,
     pub args: Vec<String>,
@@ -19,6 +18,14 @@ pub struct SpawnRequest {
     pub stderr: PathBuf,
     /// `(uid, gid)` to run as; supplementary groups are dropped.
     pub user: Option<(u32, u32)>,
+}
+
+/// Start `command`; replies name `id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpawnRequest {
+    pub id: u64,
+    #[serde(flatten)]
+    pub command: Command,
 }
 
 /// Which step of starting the process failed.
@@ -75,13 +82,15 @@ mod tests {
     fn messages_are_one_line_each() {
         let req = SpawnRequest {
             id: 7,
-            program: "sh".into(),
-            args: vec!["-c".into(), "echo 'a\nb'".into()],
-            env: vec![("PATH".into(), "/bin".into())],
-            cwd: "/tmp".into(),
-            stdout: "/tmp/o".into(),
-            stderr: "/tmp/e".into(),
-            user: Some((65534, 65534)),
+            command: Command {
+                program: "sh".into(),
+                args: vec!["-c".into(), "echo 'a\nb'".into()],
+                env: vec![("PATH".into(), "/bin".into())],
+                cwd: "/tmp".into(),
+                stdout: "/tmp/o".into(),
+                stderr: "/tmp/e".into(),
+                user: Some((65534, 65534)),
+            },
         };
         let line = serde_json::to_string(&req).unwrap();
         assert!(!line.contains('\n'));

@@ -19,7 +19,7 @@ use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Sign
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, Pid};
 
-use super::protocol::{Reply, SpawnRequest, Step};
+use super::protocol::{Command, Reply, SpawnRequest, Step};
 
 /// Where a program without a `/` is looked up when the action sets no PATH
 /// (glibc's `execvp` default).
@@ -137,7 +137,7 @@ struct Prepared {
     stderr: CString,
 }
 
-fn prepare(req: &SpawnRequest) -> Option<Prepared> {
+fn prepare(req: &Command) -> Option<Prepared> {
     let path_var = req.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
     let candidates = if req.program.contains('/') {
         vec![cstring(req.program.as_bytes())?]
@@ -163,7 +163,7 @@ fn prepare(req: &SpawnRequest) -> Option<Prepared> {
 
 fn spawn(req: &SpawnRequest) -> Reply {
     let failed = |step: Step, errno: Errno| Reply::Failed { id: req.id, step, errno: errno as i32 };
-    let Some(p) = prepare(req) else { return failed(Step::Exec, Errno::EINVAL) };
+    let Some(p) = prepare(&req.command) else { return failed(Step::Exec, Errno::EINVAL) };
     // Reports why the child could not exec; closed by a successful exec.
     let (report_r, report_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
@@ -174,7 +174,7 @@ fn spawn(req: &SpawnRequest) -> Reply {
         Err(e) => failed(Step::Fork, e),
         Ok(ForkResult::Child) => {
             drop(report_r);
-            let (step, errno) = become_action(&p, req.user);
+            let (step, errno) = become_action(&p, req.command.user);
             let mut msg = [0u8; 5];
             msg[0] = step.code();
             msg[1..].copy_from_slice(&(errno as i32).to_le_bytes());
