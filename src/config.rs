@@ -199,6 +199,31 @@ impl fmt::Display for ConfigFileError {
 
 impl std::error::Error for ConfigFileError {}
 
+/// `worker.toml` of a worker agent (`re-server worker`): its `[worker]`
+/// section and the `[execution]` tables its local workers come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    pub worker: re_agent::AgentConfig,
+    #[serde(default)]
+    pub execution: ExecutionConfig,
+}
+
+impl WorkerFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let file = path.display().to_string();
+        let fail = |error| ConfigFileError { file: file.clone(), error };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(ConfigError::new("", format!("cannot read: {e}"))))?;
+        let de = toml::Deserializer::new(&text);
+        let mut config: WorkerFile = serde_path_to_error::deserialize(de).map_err(|e| fail(syntax_error(&text, e)))?;
+        config.worker.resolve().map_err(|e| fail(e.within("worker")))?;
+        let data_dir = config.worker.data_dir().to_path_buf();
+        config.execution.resolve(&data_dir).map_err(|e| fail(e.within("execution")))?;
+        Ok(config)
+    }
+}
+
 impl Config {
     /// Reads, parses and resolves a config file.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigFileError> {
@@ -288,6 +313,36 @@ mod tests {
         assert!(msg.starts_with("x.toml: key `storage.cas"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
         assert!(msg.contains("(line 3)"), "{msg}");
+    }
+
+    /// The TOML a Kubernetes ConfigMap of deploy/kubernetes carries under `key`.
+    fn config_map_toml(file: &str, key: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes").join(file);
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+        lines.next().unwrap_or_else(|| panic!("{file} has no {key}"));
+        let body: Vec<&str> = lines.take_while(|l| l.is_empty() || l.starts_with("    ")).collect();
+        body.iter().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn example_worker_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/worker.toml");
+        let file = WorkerFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file.execution.pool.workers.len(), 1);
+        let bad = std::env::temp_dir().join(format!("worker-{}.toml", std::process::id()));
+        std::fs::write(&bad, "[worker]\ncache_dir = \"/tmp/x\"\ncache_size = 5\n").unwrap();
+        let err = WorkerFile::load(&bad).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&bad);
+        assert!(err.contains("worker") && err.contains("cache_size") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_config_maps_hold_configs_these_structs_accept() {
+        let server: Config = toml::from_str(&config_map_toml("server-config.yaml", "server.toml")).unwrap();
+        assert!(!server.execution.pool.local_workers);
+        let agent: WorkerFile = toml::from_str(&config_map_toml("agent-config.yaml", "worker.toml")).unwrap();
+        assert!(agent.worker.token_file.is_some());
     }
 
     #[test]

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Debug-level logs (RUST_LOG overrides).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     verbose: bool,
     /// Listen address, overriding [server] address (port 0 picks a free port).
     #[arg(long)]
@@ -50,8 +50,23 @@ struct Args {
     #[arg(long)]
     http_address: Option<String>,
     /// Server log on stderr as text or as one JSON object a line.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Serve a re-server's pool from this machine (a worker agent).
+    Worker {
+        /// The server, grpc://HOST:PORT or grpcs://HOST:PORT.
+        #[arg(long)]
+        server: String,
+        /// The agent's worker.toml: [worker] and [[execution.pool.workers]].
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// ByteStream transfers allocate and free buffers of a few hundred KiB (HTTP/2
@@ -72,6 +87,9 @@ fn keep_transfer_buffers() {
 fn main() -> ExitCode {
     keep_transfer_buffers();
     let args = Args::parse();
+    if let Some(Command::Worker { server, config }) = &args.command {
+        return run_worker(server, config, args.verbose, args.log_format);
+    }
     let overrides = Overrides { address: args.address, data_dir: args.data_dir, http_address: args.http_address };
     let loaded = match &args.config {
         Some(path) => Config::load(path, &overrides),
@@ -111,6 +129,37 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e}");
             eprintln!("re-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `re-server worker`: a worker agent.
+fn run_worker(server: &str, path: &std::path::Path, verbose: bool, format: LogFormat) -> ExitCode {
+    let file = match config::WorkerFile::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("re-server worker: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(verbose, format, None);
+    // SAFETY: no thread has been started yet (the runtime comes next).
+    let spawner = match unsafe { re_execution::spawner::Spawner::start() } {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("re-server worker: cannot start the process spawner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let served = runtime.block_on(re_agent::run(file.worker, file.execution, server, Some(spawner)));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("re-server worker: {e}");
             ExitCode::FAILURE
         }
     }
@@ -182,6 +231,7 @@ async fn serve(
     let capabilities = capabilities.into_server();
     let execution = scheduler.as_ref().map(|s| ExecutionService::new(s.clone(), instance.clone()).into_server());
     let operations = scheduler.as_ref().map(|s| OperationsService::new(s.clone()).into_server());
+    let bots = scheduler.as_ref().map(|s| re_execution::agents::BotsService::new(s.clone()).into_server());
 
     health_reporter.set_serving::<re_cas::find_missing_http::FastFindMissingCas>().await;
     health_reporter.set_serving::<re_cas::bytestream_http::CopyFreeByteStream>().await;
@@ -258,6 +308,7 @@ async fn serve(
         .add_service(capabilities)
         .add_optional_service(execution)
         .add_optional_service(operations)
+        .add_optional_service(bots)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = accepting.wait_for(|stop| *stop).await;
         });

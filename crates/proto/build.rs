@@ -11,6 +11,9 @@ const PROTOS: &[&str] = &[
     "google/rpc/code.proto",
     "google/rpc/error_details.proto",
     "re_server/v1/resource_usage.proto",
+    "re_server/v1/input_fetch.proto",
+    "google/devtools/remoteworkers/v1test2/bots.proto",
+    "google/devtools/remoteworkers/v1test2/worker.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -62,12 +62,12 @@ impl<S> Auth<S> {
         let Some(roles) = table.roles(token) else {
             return Err(Status::unauthenticated("the token is not in the server's tokens file"));
         };
-        match needs {
-            Needs::Role(role) if !roles.contains(&role) => {
+        match needs.missing_from(roles) {
+            Some(role) => {
                 let method = path.trim_start_matches('/').rsplit_once('.').map_or(path, |(_, m)| m);
                 Err(Status::permission_denied(format!("{method} needs the '{role}' role, which this token lacks")))
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The roles a token can hold, and the one each RPC needs: the rule lives
 //! here only.
+use std::collections::BTreeSet;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +45,20 @@ pub enum Needs {
     /// Any known token, whatever its roles (capabilities, reflection).
     AnyToken,
     Role(Role),
+    /// Blob traffic: the role, or `worker` (an agent fetches inputs and
+    /// uploads outputs; it never writes the action cache itself).
+    Blobs(Role),
+}
+
+impl Needs {
+    /// The role to name when `roles` lack what this needs.
+    pub fn missing_from(self, roles: &BTreeSet<Role>) -> Option<Role> {
+        match self {
+            Needs::Nothing | Needs::AnyToken => None,
+            Needs::Role(r) => (!roles.contains(&r)).then_some(r),
+            Needs::Blobs(r) => (!roles.contains(&r) && !roles.contains(&Role::Worker)).then_some(r),
+        }
+    }
 }
 
 pub fn required_role(path: &str) -> Needs {
@@ -55,16 +70,17 @@ pub fn required_role(path: &str) -> Needs {
         | ("grpc.reflection.v1.ServerReflection", _)
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Needs::Nothing,
         ("build.bazel.remote.execution.v2.ContentAddressableStorage", "BatchUpdateBlobs" | "SpliceBlob") => {
-            Needs::Role(Role::CacheWrite)
+            Needs::Blobs(Role::CacheWrite)
         }
-        ("build.bazel.remote.execution.v2.ContentAddressableStorage", _) => Needs::Role(Role::CacheRead),
-        ("google.bytestream.ByteStream", "Read") => Needs::Role(Role::CacheRead),
-        ("google.bytestream.ByteStream", _) => Needs::Role(Role::CacheWrite),
+        ("build.bazel.remote.execution.v2.ContentAddressableStorage", _) => Needs::Blobs(Role::CacheRead),
+        ("google.bytestream.ByteStream", "Read") => Needs::Blobs(Role::CacheRead),
+        ("google.bytestream.ByteStream", _) => Needs::Blobs(Role::CacheWrite),
         ("build.bazel.remote.execution.v2.ActionCache", "UpdateActionResult") => Needs::Role(Role::CacheWrite),
         ("build.bazel.remote.execution.v2.ActionCache", _) => Needs::Role(Role::CacheRead),
         ("build.bazel.remote.execution.v2.Execution", _) | ("google.longrunning.Operations", _) => {
             Needs::Role(Role::Execute)
         }
+        ("google.devtools.remoteworkers.v1test2.Bots", _) => Needs::Role(Role::Worker),
         // Capabilities and anything unknown (answered UNIMPLEMENTED
         // by the router once the caller is known).
         _ => Needs::AnyToken,
@@ -78,11 +94,22 @@ mod tests {
     #[test]
     fn each_rpc_needs_its_role() {
         let cas = "/build.bazel.remote.execution.v2.ContentAddressableStorage/";
-        assert_eq!(required_role(&format!("{cas}FindMissingBlobs")), Needs::Role(Role::CacheRead));
-        assert_eq!(required_role(&format!("{cas}BatchUpdateBlobs")), Needs::Role(Role::CacheWrite));
-        assert_eq!(required_role("/google.bytestream.ByteStream/Write"), Needs::Role(Role::CacheWrite));
-        assert_eq!(required_role("/google.bytestream.ByteStream/QueryWriteStatus"), Needs::Role(Role::CacheWrite));
-        assert_eq!(required_role("/google.bytestream.ByteStream/Read"), Needs::Role(Role::CacheRead));
+        assert_eq!(required_role(&format!("{cas}FindMissingBlobs")), Needs::Blobs(Role::CacheRead));
+        assert_eq!(required_role(&format!("{cas}BatchUpdateBlobs")), Needs::Blobs(Role::CacheWrite));
+        assert_eq!(required_role("/google.bytestream.ByteStream/Write"), Needs::Blobs(Role::CacheWrite));
+        assert_eq!(required_role("/google.bytestream.ByteStream/QueryWriteStatus"), Needs::Blobs(Role::CacheWrite));
+        assert_eq!(required_role("/google.bytestream.ByteStream/Read"), Needs::Blobs(Role::CacheRead));
+        let bots = "/google.devtools.remoteworkers.v1test2.Bots/UpdateBotSession";
+        assert_eq!(required_role(bots), Needs::Role(Role::Worker));
+        // An agent's token moves blobs but never writes the action cache.
+        let worker = BTreeSet::from([Role::Worker]);
+        assert_eq!(Needs::Blobs(Role::CacheWrite).missing_from(&worker), None);
+        let ac_write = required_role("/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult");
+        assert_eq!(ac_write.missing_from(&worker), Some(Role::CacheWrite));
+        assert_eq!(
+            Needs::Role(Role::Worker).missing_from(&BTreeSet::from([Role::CacheRead, Role::Execute])),
+            Some(Role::Worker)
+        );
         assert_eq!(
             required_role("/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"),
             Needs::Role(Role::CacheWrite)

@@ -48,7 +48,9 @@ impl Scheduler {
 
         let job = prepare(self.cas.as_ref(), digest, &self.limits).await?;
         // Every configured group counts, whether or not it has a worker now.
-        let offered: Vec<&Properties> = self.groups.iter().map(|g| &g.properties).collect();
+        // So does every platform an agent has offered, connected now or not.
+        let agent_shapes = self.agents.shapes();
+        let offered: Vec<&Properties> = self.groups.iter().map(|g| &g.properties).chain(agent_shapes.iter()).collect();
         if let Some(blame) = self.matcher.never_matchable(&offered, &job.platform) {
             let wanted: Vec<String> = blame.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Err(Error::FailedPrecondition(format!(

@@ -64,6 +64,12 @@ pub struct PoolConfig {
     /// Runs of one action lost with their worker (container vanished, engine
     /// gone, worker panicked) before the action fails with the last error.
     pub crashes_max: u32,
+    /// A worker agent's session ends when it has not called for this long;
+    /// the action it ran is queued again (under `crashes_max`).
+    pub agent_session_timeout_seconds: u64,
+    /// `false`: no worker runs on this machine; agents serve the pool (the
+    /// pool then has no `[[execution.pool.workers]]` tables).
+    pub local_workers: bool,
     /// Per-property match mode: `exact` (default), `minimum`, `ignore`.
     pub platform_match: HashMap<String, MatchMode>,
     /// Worker groups; without any, one host group with one worker per CPU.
@@ -83,6 +89,8 @@ impl Default for PoolConfig {
             max_action_disk_bytes: 16 << 30,
             stall_seconds: 180,
             crashes_max: 3,
+            agent_session_timeout_seconds: 30,
+            local_workers: true,
             platform_match: HashMap::new(),
             workers: Vec::new(),
         }
@@ -114,6 +122,18 @@ impl PoolConfig {
         }
         if self.crashes_max == 0 {
             return Err(ConfigError::new("crashes_max", "must be at least 1 (one run)"));
+        }
+        if self.agent_session_timeout_seconds < 2 {
+            return Err(ConfigError::new("agent_session_timeout_seconds", "must be at least 2"));
+        }
+        if !self.local_workers {
+            if !self.workers.is_empty() {
+                return Err(ConfigError::new(
+                    "local_workers",
+                    "is false but [[execution.pool.workers]] tables are configured; remove one or the other",
+                ));
+            }
+            return Ok(());
         }
         if self.workers.is_empty() {
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

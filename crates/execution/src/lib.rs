@@ -16,6 +16,7 @@
 
 pub mod action;
 pub mod admission;
+pub mod agents;
 pub mod cgroup;
 pub mod config;
 pub mod docker;

@@ -18,7 +18,7 @@ use crate::scheduler::Scheduler;
 use crate::spawner::Spawner;
 use crate::worker::Worker;
 use crate::worker_status::WorkerStatus;
-use crate::workers::WorkerGroup;
+use crate::workers::{StartingGroup, WorkerGroup};
 
 /// `None` when execution is disabled. `ac` should be completeness-checked
 /// (`re_action_cache::CompletenessCheckingStore`): its hits answer Execute.
@@ -34,6 +34,19 @@ pub async fn start_pool(
         info!("Execution disabled ([execution] backend = \"none\")");
         return Ok(None);
     }
+    let groups = build_groups(config, cas.clone(), spawner)?;
+    let total: usize = groups.iter().map(|(_, w)| w.len()).sum();
+    info!("Worker pool started with {total} workers");
+    Ok(Some(Scheduler::start(&config.pool, cas, ac, groups, metrics)))
+}
+
+/// The configured groups and their first workers, whose actions read and
+/// write `cas` (the server's store, or a worker agent's local cache).
+pub fn build_groups(
+    config: &ExecutionConfig,
+    cas: Arc<dyn BlobStore>,
+    spawner: Option<Spawner>,
+) -> Result<Vec<StartingGroup>> {
     let max_disk = config.pool.max_action_disk_bytes;
     let (host_ids, docker_ids) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut groups = Vec::new();
@@ -78,7 +91,5 @@ pub async fn start_pool(
         }
         groups.push((group, workers));
     }
-    let total: usize = groups.iter().map(|(_, w)| w.len()).sum();
-    info!("Worker pool started with {total} workers");
-    Ok(Some(Scheduler::start(&config.pool, cas, ac, groups, metrics)))
+    Ok(groups)
 }

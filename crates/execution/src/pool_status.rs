@@ -98,7 +98,7 @@ impl Scheduler {
         let status = self.pool_status();
         m.set_queued(&status.queue.queued_by_priority);
         m.clear_workers();
-        for kind in ["host", "docker"] {
+        for kind in ["host", "docker", "agent"] {
             for state in ["STARTING", "RUNNING", "DRAINING", "DEAD", "FAILED"] {
                 let n = status.workers.iter().filter(|w| w.r#type == kind && w.state.as_str() == state).count();
                 if n > 0 || status.groups.iter().any(|g| g.r#type == kind) {

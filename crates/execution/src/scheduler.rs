@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::action::{ActionLimits, PreparedAction};
+use crate::agents::AgentRegistry;
 use crate::config::PoolConfig;
 use crate::operation::Operation;
 use crate::platform::{PlatformMatcher, Properties};
@@ -54,6 +55,8 @@ pub struct Scheduler {
     /// Runs of one action lost with their worker before it fails.
     pub(crate) crashes_max: u32,
     pub(crate) recent: RecentActions,
+    /// Worker agents' sessions (Remote Workers API).
+    pub agents: AgentRegistry,
     pub(crate) metrics: Option<Arc<Metrics>>,
     /// The server's runtime: replacements and timers live there, not on a
     /// worker's own thread.
@@ -91,6 +94,7 @@ impl Scheduler {
             stall_after: Duration::from_secs(config.stall_seconds),
             crashes_max: config.crashes_max,
             recent: RecentActions::default(),
+            agents: AgentRegistry::new(Duration::from_secs(config.agent_session_timeout_seconds)),
             metrics,
             runtime: tokio::runtime::Handle::current(),
         });

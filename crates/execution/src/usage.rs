@@ -33,4 +33,24 @@ impl ResourceUsage {
         };
         prost_types::Any { type_url: TYPE_URL.into(), value: msg.encode_to_vec() }
     }
+
+    /// Reads it back (a worker agent's report), if `any` holds one.
+    pub fn from_any(any: &prost_types::Any) -> Option<Self> {
+        if any.type_url != TYPE_URL {
+            return None;
+        }
+        let msg = ResourceUsageProto::decode(any.value.as_slice()).ok()?;
+        let d = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
+        let source = match msg.source.as_str() {
+            "wait4" => "wait4",
+            "cgroup" => "cgroup",
+            _ => "sampled",
+        };
+        Some(Self {
+            user_cpu: d(msg.user_cpu),
+            system_cpu: d(msg.system_cpu),
+            peak_memory_bytes: msg.peak_memory_bytes.max(0) as u64,
+            source,
+        })
+    }
 }

@@ -39,6 +39,11 @@ pub trait Worker: Send + Sync + 'static {
     async fn is_healthy(&self) -> bool {
         true
     }
+    /// True once the worker will never take work again (a worker agent's
+    /// session that ended): it is not replaced, its agent comes back itself.
+    fn is_gone(&self) -> bool {
+        false
+    }
     /// Runs one action queued at `queued_at`; must stop promptly when `cancel` fires.
     async fn run(&self, job: &PreparedAction, queued_at: SystemTime, cancel: CancellationToken) -> RunOutcome;
     /// The server is stopping and no action runs: release what outlives actions.

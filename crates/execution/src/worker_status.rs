@@ -122,6 +122,12 @@ impl WorkerStatus {
         }
     }
 
+    /// A worker on another machine (an agent's).
+    pub fn on_host(mut self, host: String) -> Self {
+        self.host = host;
+        self
+    }
+
     pub fn state(&self) -> WorkerState {
         self.inner.lock().state
     }

@@ -127,6 +127,10 @@ impl Scheduler {
                 status.set_state(WorkerState::Dead, Some("stopped".into()));
                 return;
             }
+            if worker.is_gone() {
+                status.set_state(WorkerState::Dead, Some("its agent's session ended".into()));
+                return;
+            }
             let ok = worker.is_healthy().await;
             slot.healthy.store(ok, Ordering::Relaxed);
             if !ok {
@@ -278,6 +282,14 @@ impl Scheduler {
                 m.action_cpu_seconds.observe(u.cpu_seconds());
                 m.action_peak_memory_bytes.observe(u.peak_memory_bytes as f64);
             }
+            let aux = outcome.result.execution_metadata.iter().flat_map(|m| &m.auxiliary_metadata);
+            if let Some(f) = aux.filter_map(crate::agents::input_fetch::from_any).next() {
+                let n = |v: i64| v.max(0) as u64;
+                m.agent_input_blobs.with_label_values(&["cache", worker]).inc_by(n(f.cached_blobs));
+                m.agent_input_blobs.with_label_values(&["fetched", worker]).inc_by(n(f.fetched_blobs));
+                m.agent_input_bytes.with_label_values(&["cache", worker]).inc_by(n(f.cached_bytes));
+                m.agent_input_bytes.with_label_values(&["fetched", worker]).inc_by(n(f.fetched_bytes));
+            }
         }
         let run_started = SystemTime::now() - run_time;
         self.recent.push(RecentAction {
@@ -301,6 +313,11 @@ impl Scheduler {
 
     /// A failed worker's replacement, after its group's back-off.
     fn replace_later(self: &Arc<Self>, failed: &Arc<WorkerSlot>) {
+        if failed.worker.is_gone() {
+            // An agent's session: the agent opens a new one itself.
+            failed.worker.status().set_state(WorkerState::Dead, Some("its agent's session ended".into()));
+            return;
+        }
         let (sched, failed) = (Arc::downgrade(self), failed.clone());
         let pause = failed.group.backoff();
         let reason = failed.worker.status().snapshot(self.stall_after).reason.unwrap_or_default();
@@ -323,6 +340,12 @@ impl Scheduler {
                 Err(e) => warn!(failed = failed.worker.id(), error = %e, "could not make a replacement worker"),
             }
         });
+    }
+
+    /// Drops ended workers named `id` from the list (an agent's earlier
+    /// sessions, once it opened a new one).
+    pub(crate) fn forget_gone_workers(&self, id: &str) {
+        self.workers.write().retain(|w| w.worker.id() != id || !w.worker.is_gone());
     }
 
     fn slot(&self, id: &str) -> Result<Arc<WorkerSlot>> {

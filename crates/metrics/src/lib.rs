@@ -44,6 +44,9 @@ pub struct Metrics {
     pub run_seconds: Histogram,
     pub action_cpu_seconds: Histogram,
     pub action_peak_memory_bytes: Histogram,
+    /// Worker agents' input blobs, by where they came from (cache, fetched).
+    pub agent_input_blobs: IntCounterVec,
+    pub agent_input_bytes: IntCounterVec,
     // Storage.
     pub cas_stored_bytes: IntGauge,
     pub cas_blobs_written: IntCounter,
@@ -105,6 +108,17 @@ impl Metrics {
                 "action_peak_memory_bytes",
                 "Peak resident memory of an action.",
                 bytes_buckets(),
+            ),
+            agent_input_blobs: counters(
+                "agent_input_blobs_total",
+                "Input blobs of actions run by worker agents, by source: cache (already on the agent) or \
+                 fetched (downloaded from this server).",
+                &["source", "worker"],
+            ),
+            agent_input_bytes: counters(
+                "agent_input_bytes_total",
+                "Bytes of input blobs of actions run by worker agents, by source (cache, fetched).",
+                &["source", "worker"],
             ),
             cas_stored_bytes: gauge("cas_stored_bytes", "Bytes of blobs in the CAS."),
             cas_blobs_written: counter("cas_blobs_written_total", "Blobs stored in the CAS."),

@@ -148,6 +148,16 @@ impl DigestHasher {
     }
 }
 
+/// The digest a `blobs/HASH/SIZE` subject (a MISSING violation) names.
+pub fn parse_blob_subject(subject: &str) -> Option<DigestInfo> {
+    let mut parts = subject.strip_prefix("blobs/")?.split('/');
+    let (hash, size) = (parts.next()?, parts.next()?.parse::<i64>().ok()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    DigestInfo::from_hex(hash, size).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,42 @@ impl Error {
         }
         RpcStatus { code: self.code() as i32, message: self.to_string(), details }
     }
+
+    /// The error a `google.rpc.Status` from elsewhere (a worker agent)
+    /// stands for; `None` when it is OK. UNAVAILABLE means the worker failed
+    /// under the action, and MISSING violations come back as MissingBlobs.
+    pub fn from_rpc_status(status: &RpcStatus) -> Option<Error> {
+        use tonic::Code;
+        let m = status.message.clone();
+        Some(match Code::from_i32(status.code) {
+            Code::Ok => return None,
+            Code::InvalidArgument => Error::InvalidArgument(m),
+            Code::NotFound => Error::NotFound(m),
+            Code::OutOfRange => Error::OutOfRange(m),
+            Code::FailedPrecondition => {
+                let blobs: Vec<crate::DigestInfo> = status
+                    .details
+                    .iter()
+                    .filter(|d| d.type_url == "type.googleapis.com/google.rpc.PreconditionFailure")
+                    .filter_map(|d| PreconditionFailure::decode(d.value.as_slice()).ok())
+                    .flat_map(|f| f.violations)
+                    .filter(|v| v.r#type == "MISSING")
+                    .filter_map(|v| crate::digest::parse_blob_subject(&v.subject))
+                    .collect();
+                match blobs.is_empty() {
+                    true => Error::FailedPrecondition(m),
+                    false => Error::MissingBlobs { message: m, blobs },
+                }
+            }
+            Code::ResourceExhausted => Error::ResourceExhausted(m),
+            Code::PermissionDenied => Error::PermissionDenied(m),
+            Code::DeadlineExceeded => Error::DeadlineExceeded(m),
+            Code::Cancelled => Error::Cancelled(m),
+            Code::Unavailable => Error::WorkerLost(m),
+            Code::Aborted => Error::Aborted(m),
+            _ => Error::Internal(m),
+        })
+    }
 }
 
 /// A blocking task that panicked or was cancelled (runtime shutdown): the

@@ -40,6 +40,13 @@ pub mod google {
     pub mod rpc {
         include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
     }
+    pub mod devtools {
+        pub mod remoteworkers {
+            pub mod v1test2 {
+                include!(concat!(env!("OUT_DIR"), "/google.devtools.remoteworkers.v1test2.rs"));
+            }
+        }
+    }
 }
 
 /// re-server's own messages (see `proto/re_server`).
@@ -52,6 +59,8 @@ pub mod re_server {
 
 /// Short alias for the REAPI package.
 pub use build::bazel::remote::execution::v2 as reapi;
+/// Short alias for the Remote Workers API's Bots package.
+pub use google::devtools::remoteworkers::v1test2 as rwapi;
 
 /// Encoded `FileDescriptorSet` of every proto above, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reapi_descriptor.bin"));

@@ -47,6 +47,8 @@ pub(super) fn serve(sock: UnixStream) -> ! {
     };
     let mut input = Vec::new();
     let mut writer = &sock;
+    // Process groups started and not yet reaped.
+    let mut live = std::collections::HashSet::new();
     loop {
         let (requests_ready, exits_ready) = {
             let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN), PollFd::new(exits.as_fd(), PollFlags::POLLIN)];
@@ -61,14 +63,26 @@ pub(super) fn serve(sock: UnixStream) -> ! {
         if requests_ready {
             let mut chunk = [0u8; 64 << 10];
             match (&sock).read(&mut chunk) {
-                // The server is gone: so is the reason to start anything.
-                Ok(0) | Err(_) => std::process::exit(0),
+                // The server is gone (it may have been killed): its actions
+                // have no one to report to, so they end with it.
+                Ok(0) | Err(_) => {
+                    for pid in &live {
+                        let _ = nix::sys::signal::killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+                    }
+                    std::process::exit(0)
+                }
                 Ok(n) => input.extend_from_slice(&chunk[..n]),
             }
             while let Some(end) = input.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = input.drain(..=end).collect();
                 match serde_json::from_slice::<SpawnRequest>(&line) {
-                    Ok(req) => send(&mut writer, &spawn(&req)),
+                    Ok(req) => {
+                        let reply = spawn(&req);
+                        if let Reply::Started { pid, .. } = reply {
+                            live.insert(pid);
+                        }
+                        send(&mut writer, &reply)
+                    }
                     Err(e) => eprintln!("re-spawner: unreadable request: {e}"),
                 }
             }
@@ -76,7 +90,7 @@ pub(super) fn serve(sock: UnixStream) -> ! {
         if exits_ready {
             // Non-blocking: drains the pending signals, then reaps whatever ended.
             while let Ok(Some(_)) = exits.read_signal() {}
-            reap(&mut writer);
+            reap(&mut writer, &mut live);
         }
     }
 }
@@ -90,7 +104,7 @@ fn send(writer: &mut &UnixStream, reply: &Reply) {
 }
 
 /// Reports every child that has ended.
-fn reap(writer: &mut &UnixStream) {
+fn reap(writer: &mut &UnixStream, live: &mut std::collections::HashSet<i32>) {
     loop {
         let mut status = 0;
         // SAFETY: rusage is plain data that wait4 fills in.
@@ -109,6 +123,7 @@ fn reap(writer: &mut &UnixStream) {
         };
         let us = |t: libc::timeval| t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_usec.max(0) as u64;
         let max_rss_kib = ru.ru_maxrss.max(0) as u64;
+        live.remove(&pid);
         send(writer, &Reply::Exited { pid, code, user_us: us(ru.ru_utime), system_us: us(ru.ru_stime), max_rss_kib });
     }
 }
