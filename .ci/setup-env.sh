@@ -49,7 +49,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 # ---- 1. Debian packages -----------------------------------------------------
 need_apt=0
-for c in docker dockerd containerd runc bazel ip pgrep setsid prometheus promtool chromium bwrap openssl; do
+for c in docker dockerd containerd runc bazel ip pgrep setsid prometheus promtool chromium bwrap openssl curl; do
   command -v "$c" >/dev/null 2>&1 || { log "missing command: $c"; need_apt=1; }
 done
 # busybox must be the static one (it is copied into a libc-less image).
@@ -59,7 +59,7 @@ if [[ $need_apt -eq 1 ]]; then
   log "apt-get update && apt-get install (a few minutes on a fresh machine)"
   $SUDO apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    docker.io busybox-static bash-static bazel-bootstrap iproute2 procps prometheus chromium bubblewrap openssl
+    docker.io busybox-static bash-static bazel-bootstrap iproute2 procps prometheus chromium bubblewrap openssl curl
 else
   log "apt: everything already installed, skipped"
 fi

@@ -40,6 +40,8 @@ pub struct TestServer {
     /// A command line the server runs under (e.g. `unshare ... sh -c ...`);
     /// `{server}` in its last argument stands for the server's own command.
     wrapper: Vec<String>,
+    /// `--address` (default `127.0.0.1:0`).
+    listen: String,
     logs: Arc<Mutex<String>>,
 }
 
@@ -56,6 +58,12 @@ impl TestServer {
     /// Starts the server under `wrapper` (see the field); its last argument
     /// is a shell command in which `{server}` is replaced by the server's.
     pub fn start_wrapped(config: &str, envs: &[(&str, &str)], wrapper: &[&str]) -> Self {
+        Self::start_listening(config, envs, wrapper, "127.0.0.1:0")
+    }
+
+    /// As `start_wrapped`, with the gRPC port on `listen` (e.g. `0.0.0.0:0`
+    /// inside a network namespace).
+    pub fn start_listening(config: &str, envs: &[(&str, &str)], wrapper: &[&str], listen: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("re-server.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -68,6 +76,7 @@ impl TestServer {
             config_path,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            listen: listen.to_string(),
             logs: Arc::default(),
         };
         s.spawn();
@@ -104,7 +113,7 @@ impl TestServer {
             "--config".into(),
             self.config_path.display().to_string(),
             "--address".into(),
-            "127.0.0.1:0".into(),
+            self.listen.clone(),
             "--http-address".into(),
             "127.0.0.1:0".into(),
             "--verbose".into(),
