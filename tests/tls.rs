@@ -2,15 +2,21 @@
 //! tonic client and Bazel reach it; the certificate is swapped on SIGHUP
 //! without dropping open connections. Certificates are made here with
 //! `openssl`, never committed.
+mod agent_support;
 mod bazel_support;
 mod common;
+mod exec_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agent_support::Agent;
 use common::{require_tool, ServerConfig, TestServer};
+use exec_support::ActionSpec;
 use re_proto::reapi::capabilities_client::CapabilitiesClient;
+use re_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use re_proto::reapi::execution_client::ExecutionClient;
 use re_proto::reapi::GetCapabilitiesRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -62,6 +68,7 @@ fn make_cert(dir: &Path, name: &str, ca: Option<&str>, ext: &str) -> PathBuf {
 }
 
 const TOKEN: &str = "tls-test-0123456789abcdef";
+const AGENT_TOKEN: &str = "tls-agent-0123456789abcd";
 const SERVER_EXT: &str = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n";
 const CLIENT_EXT: &str = "extendedKeyUsage=clientAuth\n";
 
@@ -80,7 +87,8 @@ fn tls_server(dir: &Path, mutual: bool) -> TestServer {
     }
     tls.push_str(" }");
     // Tokens too: health checks over TLS need none.
-    std::fs::write(dir.join("tokens"), format!("{TOKEN} cache-read,cache-write,execute\n")).unwrap();
+    std::fs::write(dir.join("tokens"), format!("{TOKEN} cache-read,cache-write,execute\n{AGENT_TOKEN} worker\n"))
+        .unwrap();
     let auth = format!("auth = {{ tokens_file = \"{}\" }}", p("tokens"));
     let server = ServerConfig::filesystem().instance("main").server(&tls).server(&auth);
     TestServer::start(&server.host_workers(2).toml())
@@ -200,4 +208,61 @@ fn bazel_builds_over_mutual_tls() {
     }
     assert!(r.success, "build over mutual TLS failed:\n{}\nserver logs:\n{}", r.output, server.logs());
     assert!(r.processes().get("remote").copied().unwrap_or(0) >= 10, "{}", r.summary_line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_agent_serves_over_mutual_tls() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    let server = tls_server(dir.path(), true);
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let url = format!("grpcs://localhost:{}", server.port);
+    let keys = format!("instance_name = \"main\"\ntls_ca_file = \"{}\"\n", f("ca.pem"));
+    let with_cert = format!(
+        "{keys}tls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"\n",
+        f("client.pem"),
+        f("client.key")
+    );
+    let table = "[[execution.pool.workers]]\ntype = \"host\"\nproperties = { pool = \"agents\" }\n";
+    // Without a client certificate the handshake fails: no session opens.
+    let refused = Agent::start_with(&url, "nocert", Some(AGENT_TOKEN), &[], &keys, table);
+    let agent = Agent::start_with(&url, "tls-agent", Some(AGENT_TOKEN), &[], &with_cert, table);
+    assert!(agent.wait_for_log("session open", Duration::from_secs(30)), "{}", agent.logs());
+    assert!(!refused.logs().contains("session open"), "{}", refused.logs());
+
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(f("client.pem")).unwrap(),
+        std::fs::read(f("client.key")).unwrap(),
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(f("ca.pem")).unwrap()))
+        .identity(identity)
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(format!("https://{}", server.addr)).unwrap();
+    let ch = endpoint.tls_config(tls).unwrap().connect().await.unwrap();
+    let mut spec = ActionSpec::sh("echo over-mtls");
+    spec.platform = vec![("pool".into(), "agents".into())];
+    let digest = {
+        let (action, _, blobs) = spec.messages();
+        let mut all = blobs;
+        let action_bytes = bytes::Bytes::from(prost::Message::encode_to_vec(&action));
+        let d = common::digest(&action_bytes);
+        all.push((d.clone(), action_bytes));
+        let req = common::batch_update_request("main", &all);
+        let mut req = tonic::Request::new(req);
+        req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        ContentAddressableStorageClient::new(ch.clone()).batch_update_blobs(req).await.unwrap();
+        d
+    };
+    let mut req = exec_support::execute_request("main", &digest, &Default::default());
+    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let stream = ExecutionClient::new(ch.clone()).execute(req).await.unwrap().into_inner();
+    let ops = exec_support::drain(stream).await.unwrap();
+    let resp = exec_support::response_of(ops.last().unwrap());
+    let result = resp.result.expect("result");
+    assert_eq!(result.exit_code, 0, "{:?}", resp.status);
+    assert_eq!(result.execution_metadata.unwrap().worker, "tls-agent/host-worker-1");
 }

@@ -16,7 +16,7 @@ pub struct Agent {
 }
 
 /// A worker.toml with one host worker table (`tables` replaces it if set).
-pub fn worker_toml(dir: &Path, name: &str, token: Option<&str>, tables: &str) -> String {
+pub fn worker_toml(dir: &Path, name: &str, token: Option<&str>, keys: &str, tables: &str) -> String {
     let token_line = match token {
         Some(t) => {
             let file = dir.join("token");
@@ -27,7 +27,7 @@ pub fn worker_toml(dir: &Path, name: &str, token: Option<&str>, tables: &str) ->
     };
     let tables = if tables.is_empty() { "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\n" } else { tables };
     format!(
-        "[worker]\nname = \"{name}\"\ncache_dir = \"{}\"\ncache_max_bytes = 1073741824\n{token_line}\n{tables}",
+        "[worker]\nname = \"{name}\"\ncache_dir = \"{}\"\ncache_max_bytes = 1073741824\n{token_line}{keys}\n{tables}",
         dir.join("cache").display()
     )
 }
@@ -36,13 +36,21 @@ impl Agent {
     /// Starts an agent serving `server` (grpc://...), run under `prefix`
     /// (e.g. `ip netns exec NS`).
     pub fn start(server: &str, name: &str, token: Option<&str>, prefix: &[&str]) -> Self {
-        Self::start_with(server, name, token, prefix, "")
+        Self::start_with(server, name, token, prefix, "", "")
     }
 
-    pub fn start_with(server: &str, name: &str, token: Option<&str>, prefix: &[&str], tables: &str) -> Self {
+    /// With more `[worker]` keys, and worker tables of its own.
+    pub fn start_with(
+        server: &str,
+        name: &str,
+        token: Option<&str>,
+        prefix: &[&str],
+        keys: &str,
+        tables: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("worker.toml");
-        std::fs::write(&config, worker_toml(dir.path(), name, token, tables)).unwrap();
+        std::fs::write(&config, worker_toml(dir.path(), name, token, keys, tables)).unwrap();
         let bin = env!("CARGO_BIN_EXE_re-server");
         let mut cmd = match prefix.split_first() {
             Some((p, rest)) => {

@@ -21,6 +21,10 @@ pub struct AgentConfig {
     /// CA certificate (PEM) that signed the server's certificate, for a
     /// `grpcs://` server under a private CA; default: the system's roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate and key the agent presents to a server that requires
+    /// client certificates (`[server.tls] client_ca_file`).
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
     /// The server's REAPI instance name.
     pub instance_name: String,
 }
@@ -33,6 +37,8 @@ impl Default for AgentConfig {
             token_file: None,
             name: String::new(),
             tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
             instance_name: String::new(),
         }
     }
@@ -50,7 +56,16 @@ impl AgentConfig {
         if self.cache_max_bytes < 1 << 20 {
             return Err(ConfigError::new("cache_max_bytes", "must be at least 1 MiB (1048576)"));
         }
-        for (key, file) in [("token_file", &self.token_file), ("tls_ca_file", &self.tls_ca_file)] {
+        if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
+            return Err(ConfigError::new("tls_client_cert_file", "and tls_client_key_file go together"));
+        }
+        let files = [
+            ("token_file", &self.token_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_client_cert_file", &self.tls_client_cert_file),
+            ("tls_client_key_file", &self.tls_client_key_file),
+        ];
+        for (key, file) in files {
             if let Some(f) = file {
                 std::fs::metadata(f).map_err(|e| ConfigError::new(key, format!("{}: {e}", f.display())))?;
             }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use re_proto::{Error, Result};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::AgentConfig;
 
 /// Adds `authorization: Bearer TOKEN` to every call when there is a token.
 #[derive(Clone)]
@@ -38,7 +40,7 @@ pub fn bearer_token(file: Option<&Path>) -> Result<BearerToken> {
 
 /// A lazily connecting channel: the agent starts even while the server is
 /// down, and every call reconnects as needed.
-pub fn channel(server: &str, tls_ca_file: Option<&Path>) -> Result<Channel> {
+pub fn channel(server: &str, agent: &AgentConfig) -> Result<Channel> {
     let bad = |why: String| Error::InvalidArgument(format!("--server {server}: {why}"));
     let (uri, tls) = if let Some(rest) = server.strip_prefix("grpc://") {
         (format!("http://{rest}"), false)
@@ -57,9 +59,12 @@ pub fn channel(server: &str, tls_ca_file: Option<&Path>) -> Result<Channel> {
         .initial_connection_window_size(Some(16 << 20));
     if tls {
         let mut config = ClientTlsConfig::new().with_native_roots();
-        if let Some(ca) = tls_ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::io(format!("reading {}", ca.display()), e))?;
-            config = config.ca_certificate(Certificate::from_pem(pem));
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e));
+        if let Some(ca) = &agent.tls_ca_file {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&agent.tls_client_cert_file, &agent.tls_client_key_file) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
         endpoint = endpoint.tls_config(config).map_err(|e| bad(e.to_string()))?;
     }

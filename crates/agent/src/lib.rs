@@ -34,7 +34,7 @@ use crate::server_cas::ServerCas;
 /// reported first) or until the server refuses its token.
 pub async fn run(agent: AgentConfig, execution: ExecutionConfig, server: &str, spawner: Option<Spawner>) -> Result<()> {
     let token = connection::bearer_token(agent.token_file.as_deref())?;
-    let channel = InterceptedService::new(connection::channel(server, agent.tls_ca_file.as_deref())?, token);
+    let channel = InterceptedService::new(connection::channel(server, &agent)?, token);
     let cache_root = agent.cache_dir.join("cas");
     let local = re_cas::filesystem_store::FilesystemStore::open(cache_root, agent.cache_max_bytes, false).await?;
     info!(blobs = local.len(), dir = %agent.cache_dir.display(), max_bytes = agent.cache_max_bytes, "input cache ready");

@@ -245,7 +245,7 @@ impl Scheduler {
         let stranded = self
             .queue
             .lock()
-            .names_where(|j| j.queued_at.elapsed().unwrap_or_default() >= j.job.timeout && !healthy(&j.job.platform));
+            .names_where(|platform| !healthy(platform), |j| j.queued_at.elapsed().unwrap_or_default() >= j.job.timeout);
         for name in stranded {
             let Some(item) = self.queue.lock().remove(&name) else { continue };
             let down: Vec<&str> = workers
