@@ -32,6 +32,12 @@ const PIPELINE_DEPTH: usize = 8;
 /// Read chunks are recycled; this many idle ones (1 MiB each) are kept.
 static READ_BUFFERS: ChunkPool = ChunkPool::new(READ_CHUNK, 32);
 
+/// Threads reading the blob directories at start-up.
+const SCAN_THREADS: usize = 16;
+
+/// A blob file the start-up scan found: (mtime, digest, stamp).
+type Found = (SystemTime, DigestInfo, u64);
+
 pub struct FilesystemStore {
     shared: Arc<Shared>,
 }
@@ -94,28 +100,34 @@ impl Shared {
         let start = Instant::now();
         std::fs::create_dir_all(&self.blobs_dir)
             .map_err(|e| Error::io(format!("creating {}", self.blobs_dir.display()), e))?;
-        let mut found: Vec<(SystemTime, DigestInfo, u64)> = Vec::new();
+        // The 256 directories are read by several threads at once: on a cold
+        // disk each file's metadata is a read the device can overlap with
+        // others (1M blobs: 11 s with one thread, see docs/benchmarks.md).
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let scanned: Vec<Result<(Vec<Found>, usize)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..SCAN_THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut found = Vec::new();
+                        let mut discarded = 0;
+                        loop {
+                            let prefix = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if prefix > 255 {
+                                return Ok((found, discarded));
+                            }
+                            discarded += self.scan_dir(prefix as u8, &mut found)?;
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().expect("scan threads do not panic")).collect()
+        });
+        let mut found: Vec<Found> = Vec::new();
         let mut discarded = 0;
-        for prefix in 0..=255u8 {
-            let dir = self.blobs_dir.join(hex::encode([prefix]));
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))? {
-                let Ok(entry) = entry else { continue };
-                let name = entry.file_name();
-                let parsed = name.to_str().and_then(parse_blob_file_name);
-                let meta = entry.metadata().ok();
-                match (parsed, meta) {
-                    // A file whose length differs from its name was cut short (power
-                    // loss); a `.tmp-` file is an upload that can never complete.
-                    (Some(d), Some(m)) if m.len() == d.size => {
-                        found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, stamp(&m)));
-                    }
-                    _ => {
-                        discarded += 1;
-                        let _ = std::fs::remove_file(entry.path());
-                    }
-                }
-            }
+        for part in scanned {
+            let (f, d) = part?;
+            found.extend(f);
+            discarded += d;
         }
         found.sort_unstable_by_key(|(t, _, _)| *t);
         let mut bytes = 0;
@@ -127,6 +139,32 @@ impl Shared {
             }
         }
         Ok(ScanReport { blobs, bytes, discarded, elapsed_ms: start.elapsed().as_millis() })
+    }
+
+    /// Indexes one of the 256 directories into `found`; returns how many
+    /// files it discarded.
+    fn scan_dir(&self, prefix: u8, found: &mut Vec<Found>) -> Result<usize> {
+        let dir = self.blobs_dir.join(hex::encode([prefix]));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut discarded = 0;
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let parsed = name.to_str().and_then(parse_blob_file_name);
+            let meta = entry.metadata().ok();
+            match (parsed, meta) {
+                // A file whose length differs from its name was cut short (power
+                // loss); a `.tmp-` file is an upload that can never complete.
+                (Some(d), Some(m)) if m.len() == d.size => {
+                    found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, stamp(&m)));
+                }
+                _ => {
+                    discarded += 1;
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(discarded)
     }
 
     /// Whether the file behind `digest` is still the one stored: same size,
