@@ -71,7 +71,7 @@ fn named_digests(result: &ActionResult) -> Result<Vec<DigestInfo>> {
 
 /// Every blob digest the result refers to, including files inside output
 /// trees. `Ok(None)` means a tree blob is already gone (or damaged).
-async fn referenced_blobs(cas: &dyn BlobStore, result: &ActionResult) -> Result<Option<Vec<DigestInfo>>> {
+pub async fn referenced_blobs(cas: &dyn BlobStore, result: &ActionResult) -> Result<Option<Vec<DigestInfo>>> {
     let mut digests = named_digests(result)?;
     for dir in &result.output_directories {
         let tree_digest = DigestInfo::try_from(dir.tree_digest.as_ref())?;

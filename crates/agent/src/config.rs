@@ -71,7 +71,7 @@ impl AgentConfig {
             }
         }
         if self.name.is_empty() {
-            self.name = host_name();
+            self.name = re_execution::worker_status::hostname();
         }
         if self.name.is_empty() || self.name.contains(char::is_whitespace) {
             return Err(ConfigError::new("name", "must be a non-empty name without spaces"));
@@ -83,8 +83,4 @@ impl AgentConfig {
     pub fn data_dir(&self) -> &Path {
         &self.cache_dir
     }
-}
-
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use prost::Message;
+use re_action_cache::completeness::referenced_blobs;
 use re_cas::BlobStore;
 use re_execution::action::{prepare, ActionLimits};
 use re_execution::agents::agent_worker::ACTION_RESULT_TYPE_URL;
@@ -18,7 +19,7 @@ use re_proto::{DigestInfo, Error};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::inputs::{ensure_inputs, result_blobs};
+use crate::inputs::ensure_inputs;
 use crate::server_cas::ServerCas;
 
 /// What a lease needs on this agent.
@@ -82,8 +83,9 @@ async fn run_action(
         meta.auxiliary_metadata.push(input_fetch::to_any(&fetch));
     }
     // Outputs reach the server before the result names them.
-    let uploaded = match result_blobs(&ctx.store, &outcome.result).await {
-        Ok(blobs) => ctx.server.upload_from(&ctx.store, &blobs).await,
+    let uploaded = match referenced_blobs(ctx.store.as_ref(), &outcome.result).await {
+        Ok(Some(blobs)) => ctx.server.upload_from(&ctx.store, &blobs).await,
+        Ok(None) => Err(Error::Unavailable("an output tree left the agent's cache before it was uploaded".into())),
         Err(e) => Err(e),
     };
     if let Some(cleanup) = outcome.cleanup.take() {

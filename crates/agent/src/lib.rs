@@ -54,7 +54,7 @@ pub async fn run(agent: AgentConfig, execution: ExecutionConfig, server: &str, s
             let bot = Bot {
                 worker,
                 bot_id,
-                host: config::host_name(),
+                host: re_execution::worker_status::hostname(),
                 parent: agent.instance_name.clone(),
                 client: bots.clone(),
                 ctx: ctx.clone(),

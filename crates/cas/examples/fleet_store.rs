@@ -46,16 +46,21 @@ fn rss_bytes() -> u64 {
     kib * 1024
 }
 
+/// Round `round`'s 1,000 digests: every other one stored (of blobs 0..n).
+fn query(round: u64, n: u64) -> Vec<DigestInfo> {
+    (0..1000u64)
+        .map(|k| {
+            let i = if k % 2 == 0 { (round * 7919 + k * 104_729) % n } else { u64::MAX - round * 1000 - k };
+            DigestInfo::of_bytes(&blob(i))
+        })
+        .collect()
+}
+
 /// p50 and p99 of FindMissing over 1,000 digests, 500 of them stored.
 async fn find_missing(store: &FilesystemStore, n: u64) -> (Duration, Duration) {
     let mut times = Vec::new();
     for round in 0..2000u64 {
-        let digests: Vec<DigestInfo> = (0..1000u64)
-            .map(|k| {
-                let i = if k % 2 == 0 { (round * 7919 + k * 104_729) % n } else { u64::MAX - round * 1000 - k };
-                DigestInfo::of_bytes(&blob(i))
-            })
-            .collect();
+        let digests = query(round, n);
         let started = Instant::now();
         let missing = store.find_missing(&digests).await.unwrap();
         times.push(started.elapsed());
@@ -71,12 +76,7 @@ fn set_lookup_p50(n: u64) -> Duration {
     let set: std::collections::HashSet<DigestInfo> = (0..n).map(|i| DigestInfo::of_bytes(&blob(i))).collect();
     let mut times = Vec::new();
     for round in 0..2000u64 {
-        let digests: Vec<DigestInfo> = (0..1000u64)
-            .map(|k| {
-                let i = if k % 2 == 0 { (round * 7919 + k * 104_729) % n } else { u64::MAX - round * 1000 - k };
-                DigestInfo::of_bytes(&blob(i))
-            })
-            .collect();
+        let digests = query(round, n);
         let started = Instant::now();
         let missing = digests.iter().filter(|d| !set.contains(d)).count();
         times.push(started.elapsed());

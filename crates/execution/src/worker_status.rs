@@ -99,7 +99,8 @@ pub struct WorkerSnapshot {
     pub action: Option<CurrentAction>,
 }
 
-fn hostname() -> String {
+/// This machine's host name.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
