@@ -90,7 +90,9 @@ async fn an_action_running_as_another_user_gets_links_it_cannot_change() {
         "[[execution.pool.workers]]\ntype = \"host\"\ncount = 1\nrun_as_user = \"nobody\"\nwork_dir = \"{}\"\n",
         work.path().display()
     );
-    let server = TestServer::start(&ServerConfig::filesystem().workers(&workers).toml());
+    // Small blobs as files (not packed), so inputs can be links.
+    let config = ServerConfig::filesystem().cas("small_blob_max_bytes = 0").workers(&workers);
+    let server = TestServer::start(&config.toml());
     tampering_changes_nothing(&server).await;
     // The inputs were links (shared inodes), refused to the action.
     let ch = server.channel().await;
@@ -145,7 +147,8 @@ fn blob_file(server: &TestServer, d: &Digest) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_file_changed_on_disk_is_dropped_not_served() {
-    let server = TestServer::start(&ServerConfig::filesystem().cache_only().toml());
+    // Every blob a file of its own (packed ones: the next test).
+    let server = TestServer::start(&ServerConfig::filesystem().cas("small_blob_max_bytes = 0").cache_only().toml());
     let ch = server.channel().await;
     let mut cas = ContentAddressableStorageClient::new(ch.clone());
     let small = common::pseudo_random(4096, 1);
@@ -182,5 +185,43 @@ async fn a_blob_file_changed_on_disk_is_dropped_not_served() {
     put_blobs(&ch, "", blobs.clone()).await;
     for (d, data) in &blobs {
         assert_eq!(bytestream_read(&ch, d).await.unwrap(), data.to_vec());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_pack_is_dropped_not_served() {
+    let server = TestServer::start(&ServerConfig::filesystem().cache_only().toml());
+    let ch = server.channel().await;
+    let mut cas = ContentAddressableStorageClient::new(ch.clone());
+    let blobs: Vec<(Digest, Bytes)> =
+        (0..3).map(|i| common::pseudo_random(4096, 10 + i)).map(|b| (digest(&b), Bytes::from(b))).collect();
+    put_blobs(&ch, "", blobs.clone()).await;
+    // Behind the server's back: one byte of every packed blob flipped.
+    let packs = server.data_dir().join("cas/packs");
+    let mut flipped = 0;
+    for pack in std::fs::read_dir(&packs).unwrap().flatten() {
+        let mut bytes = std::fs::read(pack.path()).unwrap();
+        for at in (100..bytes.len()).step_by(4096) {
+            bytes[at] ^= 0x5a;
+            flipped += 1;
+        }
+        std::fs::set_permissions(pack.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::write(pack.path(), &bytes).unwrap();
+    }
+    assert_eq!(flipped, 3, "the three blobs are packed");
+    for (i, (d, _)) in blobs.iter().enumerate() {
+        let err = bytestream_read(&ch, d).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "blob {i}: never the wrong bytes: {err:?}");
+        let missing = cas
+            .find_missing_blobs(FindMissingBlobsRequest { blob_digests: vec![d.clone()], ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests;
+        assert_eq!(missing, vec![d.clone()], "blob {i} is reported missing, so clients upload it again");
+    }
+    put_blobs(&ch, "", blobs.clone()).await;
+    for (d, data) in &blobs {
+        assert_eq!(read_blob(&ch, "", d).await, *data);
     }
 }

@@ -36,7 +36,7 @@ pub async fn run(agent: AgentConfig, execution: ExecutionConfig, server: &str, s
     let token = connection::bearer_token(agent.token_file.as_deref())?;
     let channel = InterceptedService::new(connection::channel(server, &agent)?, token);
     let cache_root = agent.cache_dir.join("cas");
-    let local = re_cas::filesystem_store::FilesystemStore::open(cache_root, agent.cache_max_bytes, false).await?;
+    let local = re_cas::filesystem_store::FilesystemStore::open(cache_root, agent.cache_max_bytes, false, 0).await?;
     info!(blobs = local.len(), dir = %agent.cache_dir.display(), max_bytes = agent.cache_max_bytes, "input cache ready");
     let local: Arc<dyn BlobStore> = Arc::new(local);
     let server_cas = ServerCas::new(channel.clone(), agent.instance_name.clone());

@@ -63,7 +63,7 @@ fn hashing(c: &mut Criterion) {
 fn filesystem_store(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = rt.block_on(FilesystemStore::open(dir.path().join("cas"), MAX_BYTES, false)).expect("open store");
+    let store = rt.block_on(FilesystemStore::open(dir.path().join("cas"), MAX_BYTES, false, 0)).expect("open store");
     let store = &store;
 
     // Blobs that are present, for get and find_missing.
@@ -152,7 +152,7 @@ fn index_rebuild(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("cas");
     // Opening an empty store creates the blobs/xx directories.
-    drop(rt.block_on(FilesystemStore::open(root.clone(), MAX_BYTES, false)).expect("open store"));
+    drop(rt.block_on(FilesystemStore::open(root.clone(), MAX_BYTES, false, 0)).expect("open store"));
     let t = std::time::Instant::now();
     populate(&root, REBUILD_BLOBS);
     eprintln!("index_rebuild: created {REBUILD_BLOBS} blob files in {:.1?}", t.elapsed());
@@ -162,7 +162,7 @@ fn index_rebuild(c: &mut Criterion) {
     g.throughput(Throughput::Elements(REBUILD_BLOBS as u64));
     g.bench_function("open_100000_blobs", |b| {
         b.to_async(&rt).iter(|| async {
-            let s = FilesystemStore::open(root.clone(), MAX_BYTES, false).await.unwrap();
+            let s = FilesystemStore::open(root.clone(), MAX_BYTES, false, 0).await.unwrap();
             assert_eq!(s.len(), REBUILD_BLOBS);
         })
     });

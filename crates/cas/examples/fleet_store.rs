@@ -97,7 +97,7 @@ async fn main() {
 
     let before = rss_bytes();
     let started = Instant::now();
-    let store = FilesystemStore::open(root.clone(), u64::MAX / 2, false).await.unwrap();
+    let store = FilesystemStore::open(root.clone(), u64::MAX / 2, false, 0).await.unwrap();
     let ready = started.elapsed();
     // SAFETY: malloc_trim only returns freed heap to the kernel.
     unsafe { libc::malloc_trim(0) };
@@ -105,7 +105,7 @@ async fn main() {
     assert_eq!(store.len() as u64, n);
     let (big_p50, big_p99) = find_missing(&store, n).await;
     drop(store);
-    let small = FilesystemStore::open(small_root, u64::MAX / 2, false).await.unwrap();
+    let small = FilesystemStore::open(small_root, u64::MAX / 2, false, 0).await.unwrap();
     let (small_p50, small_p99) = find_missing(&small, 1000).await;
 
     println!("| blobs | ready in | index memory per blob | FindMissing(1,000) p50 | p99 |");

@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 use re_proto::ConfigError;
 use serde::Deserialize;
 
+/// Packing pays off for blobs a file costs more than their bytes; beyond
+/// this a file (hard-linkable into actions) is the better home.
+pub const MAX_SMALL_BLOB_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CasBackend {
@@ -26,6 +30,9 @@ pub struct CasConfig {
     /// An interrupted ByteStream upload can be resumed (QueryWriteStatus)
     /// for this long after its last data; then its temp file is deleted.
     pub upload_resume_seconds: u64,
+    /// Blobs of at most this many bytes are appended to pack files instead
+    /// of getting a file each (0: every blob is a file).
+    pub small_blob_max_bytes: u64,
 }
 
 impl Default for CasConfig {
@@ -36,6 +43,7 @@ impl Default for CasConfig {
             max_size_bytes: 10 << 30,
             fsync_writes: false,
             upload_resume_seconds: 10,
+            small_blob_max_bytes: 16 << 10,
         }
     }
 }
@@ -48,6 +56,12 @@ impl CasConfig {
         }
         if self.max_size_bytes == 0 {
             return Err(ConfigError::new("max_size_bytes", "must be greater than 0"));
+        }
+        if self.small_blob_max_bytes > MAX_SMALL_BLOB_BYTES {
+            return Err(ConfigError::new(
+                "small_blob_max_bytes",
+                format!("must be at most {MAX_SMALL_BLOB_BYTES} (bigger blobs are better off as files)"),
+            ));
         }
         Ok(())
     }

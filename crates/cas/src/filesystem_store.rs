@@ -3,13 +3,14 @@
 //! after their digest is checked, so a crash never leaves a partial blob
 //! visible (the start-up scan deletes any leftover temp file). Spreading
 //! temp files over the 256 directories avoids contention on one directory's
-//! lock when many small blobs arrive at once. The LRU index lives in memory
-//! and is rebuilt from the directory at start (oldest mtime first).
+//! lock when many small blobs arrive at once. Blobs of at most
+//! `small_blob_max_bytes` are appended to packs instead ([`crate::packs`]).
+//! The LRU index of both lives in memory and is rebuilt at start
+//! ([`crate::filesystem_scan`], oldest first).
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::chunk_pool::ChunkPool;
 use crate::filesystem_writer::FsWriter;
 use crate::lru_index::LruIndex;
+use crate::packs::{pack_max_bytes, Location, PackStore, PackedIndex};
 use crate::pins::PinSet;
 use crate::store::{check_range, digest_mismatch, too_large, BlobStore, BlobWriter, ByteStreamChunks};
 
@@ -32,22 +34,29 @@ const PIPELINE_DEPTH: usize = 8;
 /// Read chunks are recycled; this many idle ones (1 MiB each) are kept.
 static READ_BUFFERS: ChunkPool = ChunkPool::new(READ_CHUNK, 32);
 
-/// Threads reading the blob directories at start-up.
-const SCAN_THREADS: usize = 16;
-
-/// A blob file the start-up scan found: (mtime, digest, stamp).
-type Found = (SystemTime, DigestInfo, u64);
-
 pub struct FilesystemStore {
     shared: Arc<Shared>,
 }
 
+/// Where an indexed blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Its own file, with the [`stamp`] it had when stored.
+    File { stamp: u64 },
+    /// Appended to a pack.
+    Packed(Location),
+}
+
 pub(crate) struct Shared {
-    blobs_dir: PathBuf,
-    /// Each blob's [`stamp`] when it was stored.
-    pub(crate) index: LruIndex<u64>,
+    pub(crate) blobs_dir: PathBuf,
+    pub(crate) index: LruIndex<Stored>,
     pins: PinSet,
     pub(crate) fsync: bool,
+    /// Blobs up to this size go to the packs (`None`: packing is off).
+    packs: Option<(PackStore, u64)>,
+    /// Evicted files are deleted on its blocking pool, from whichever
+    /// thread evicted them (the pack writer is not a runtime thread).
+    runtime: tokio::runtime::Handle,
 }
 
 /// What the start-up scan found.
@@ -60,16 +69,37 @@ pub struct ScanReport {
 }
 
 impl FilesystemStore {
-    /// Opens (creating if needed) a store under `root` and indexes what is there.
-    pub async fn open(root: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self> {
+    /// Opens (creating if needed) a store under `root` and indexes what is
+    /// there. Blobs of at most `small_blob_max_bytes` are packed (0: every
+    /// blob is a file; packs left by an earlier run are still served).
+    pub async fn open(root: PathBuf, max_size_bytes: u64, fsync: bool, small_blob_max_bytes: u64) -> Result<Self> {
+        let pack_root = root.clone();
+        let packs = tokio::task::spawn_blocking(move || -> Result<_> {
+            if small_blob_max_bytes == 0 && !pack_root.join("packs").exists() {
+                return Ok(None);
+            }
+            let (packs, recovered) = PackStore::open(&pack_root, pack_max_bytes(max_size_bytes), fsync)?;
+            Ok(Some((packs, recovered)))
+        })
+        .await??;
+        let (packs, recovered) = match packs {
+            Some((p, r)) => (Some((p, small_blob_max_bytes)), r),
+            None => (None, Vec::new()),
+        };
         let shared = Arc::new(Shared {
             blobs_dir: root.join("blobs"),
             index: LruIndex::new(max_size_bytes),
             pins: PinSet::default(),
             fsync,
+            packs,
+            runtime: tokio::runtime::Handle::current(),
         });
+        if let Some((packs, _)) = &shared.packs {
+            let weak: std::sync::Weak<dyn PackedIndex> = Arc::downgrade(&shared) as _;
+            packs.start(weak)?;
+        }
         let s = shared.clone();
-        let report = tokio::task::spawn_blocking(move || s.scan()).await??;
+        let report = tokio::task::spawn_blocking(move || s.scan(recovered)).await??;
         tracing::info!(
             root = %root.display(),
             blobs = report.blobs,
@@ -89,6 +119,21 @@ impl FilesystemStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Number of blobs kept in packs rather than files.
+    pub fn packed_len(&self) -> usize {
+        self.shared.index.collect_where(|_, v| matches!(v, Stored::Packed(_)).then_some(())).len()
+    }
+}
+
+impl Drop for FilesystemStore {
+    fn drop(&mut self) {
+        // The pack writer holds the store only weakly; it is stopped here,
+        // where the last handle goes, not wherever `Shared` ends.
+        if let Some((packs, _)) = &self.shared.packs {
+            packs.stop();
+        }
+    }
 }
 
 impl Shared {
@@ -96,88 +141,83 @@ impl Shared {
         self.blobs_dir.join(d_prefix(d)).join(blob_file_name(d))
     }
 
-    fn scan(&self) -> Result<ScanReport> {
-        let start = Instant::now();
-        std::fs::create_dir_all(&self.blobs_dir)
-            .map_err(|e| Error::io(format!("creating {}", self.blobs_dir.display()), e))?;
-        // The 256 directories are read by several threads at once: on a cold
-        // disk each file's metadata is a read the device can overlap with
-        // others (1M blobs: 11 s with one thread, see docs/benchmarks.md).
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let scanned: Vec<Result<(Vec<Found>, usize)>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..SCAN_THREADS)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut found = Vec::new();
-                        let mut discarded = 0;
-                        loop {
-                            let prefix = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if prefix > 255 {
-                                return Ok((found, discarded));
-                            }
-                            discarded += self.scan_dir(prefix as u8, &mut found)?;
-                        }
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().expect("scan threads do not panic")).collect()
-        });
-        let mut found: Vec<Found> = Vec::new();
-        let mut discarded = 0;
-        for part in scanned {
-            let (f, d) = part?;
-            found.extend(f);
-            discarded += d;
-        }
-        found.sort_unstable_by_key(|(t, _, _)| *t);
-        let mut bytes = 0;
-        let blobs = found.len();
-        for (_, d, stamp) in found {
-            bytes += d.size;
-            for (old, _) in self.index.insert(d, stamp, &self.pins) {
-                let _ = std::fs::remove_file(self.blob_path(&old));
-            }
-        }
-        Ok(ScanReport { blobs, bytes, discarded, elapsed_ms: start.elapsed().as_millis() })
+    /// The packs, if `size` is small enough to be packed.
+    fn packs_for(&self, size: u64) -> Option<&PackStore> {
+        self.packs.as_ref().filter(|(_, max)| size > 0 && size <= *max).map(|(p, _)| p)
     }
 
-    /// Indexes one of the 256 directories into `found`; returns how many
-    /// files it discarded.
-    fn scan_dir(&self, prefix: u8, found: &mut Vec<Found>) -> Result<usize> {
-        let dir = self.blobs_dir.join(hex::encode([prefix]));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let mut discarded = 0;
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))? {
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name();
-            let parsed = name.to_str().and_then(parse_blob_file_name);
-            let meta = entry.metadata().ok();
-            match (parsed, meta) {
-                // A file whose length differs from its name was cut short (power
-                // loss); a `.tmp-` file is an upload that can never complete.
-                (Some(d), Some(m)) if m.len() == d.size => {
-                    found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, stamp(&m)));
-                }
-                _ => {
-                    discarded += 1;
-                    let _ = std::fs::remove_file(entry.path());
-                }
+    /// Indexes a blob; whatever it replaces or evicts is released.
+    pub(crate) fn index_insert(&self, digest: DigestInfo, stored: Stored) {
+        let (replaced, mut evicted) = self.index.insert_replacing(digest, stored, &self.pins);
+        if let Some(old) = replaced.filter(|old| *old != stored) {
+            evicted.push((digest, old));
+        }
+        if evicted.is_empty() {
+            return;
+        }
+        tracing::debug!(count = evicted.len(), "filesystem CAS evicting blobs");
+        let mut files = Vec::new();
+        for (d, old) in evicted {
+            match old {
+                // The file is the new copy's too when it only changed stamp.
+                Stored::File { .. } if d == digest && matches!(stored, Stored::File { .. }) => {}
+                Stored::File { .. } => files.push(self.blob_path(&d)),
+                Stored::Packed(at) => self.forget_packed(d, at),
             }
         }
-        Ok(discarded)
+        if !files.is_empty() {
+            self.runtime.spawn_blocking(move || {
+                for p in files {
+                    let _ = std::fs::remove_file(p);
+                }
+            });
+        }
+    }
+
+    fn forget_packed(&self, digest: DigestInfo, at: Location) {
+        if let Some((packs, _)) = &self.packs {
+            packs.forget(digest, at);
+        }
+    }
+
+    /// Reads a packed blob (blocking), following it if compaction moved it
+    /// meanwhile; a damaged or lost one is dropped from the index.
+    fn read_packed(&self, digest: DigestInfo, mut at: Location) -> std::io::Result<Option<Vec<u8>>> {
+        let Some((packs, _)) = &self.packs else { return Ok(None) };
+        for _ in 0..3 {
+            if let Some(data) = packs.read(digest, at)? {
+                return Ok(Some(data));
+            }
+            match self.index.peek(&digest) {
+                Some(Stored::Packed(moved)) if moved != at => at = moved,
+                _ => break,
+            }
+        }
+        if self.index.remove_if(&digest, &Stored::Packed(at)) {
+            packs.forget(digest, at);
+        }
+        Ok(None)
     }
 
     /// Whether the file behind `digest` is still the one stored: same size,
     /// same modification time. A file changed on disk (truncated, rewritten)
     /// is never served: it is dropped, so the client uploads it again.
     fn still_stored(&self, digest: DigestInfo, meta: &std::fs::Metadata) -> bool {
-        let ok = meta.len() == digest.size && self.index.peek(&digest) == Some(stamp(meta));
-        if !ok {
-            tracing::warn!(%digest, "a blob file changed on disk after it was stored; dropping it");
-            self.index.remove(&digest);
-            let _ = std::fs::remove_file(self.blob_path(&digest));
+        let indexed = self.index.peek(&digest);
+        if meta.len() == digest.size && indexed == Some(Stored::File { stamp: stamp(meta) }) {
+            return true;
         }
-        ok
+        match indexed {
+            // Packed since, or evicted (its file is being deleted): the
+            // file may be a new upload's about to be indexed; left alone.
+            Some(Stored::Packed(_)) | None => {}
+            Some(old @ Stored::File { .. }) => {
+                tracing::warn!(%digest, "a blob file changed on disk after it was stored; dropping it");
+                self.index.remove_if(&digest, &old);
+                let _ = std::fs::remove_file(self.blob_path(&digest));
+            }
+        }
+        false
     }
 
     /// A fresh temp file name beside where `digest` will live.
@@ -205,17 +245,36 @@ impl Shared {
                 return Err(Error::io(format!("publishing blob {digest}"), e));
             }
         };
-        let evicted = self.index.insert(digest, stamp(&meta), &self.pins);
-        if !evicted.is_empty() {
-            let paths: Vec<PathBuf> = evicted.iter().map(|(d, _)| self.blob_path(d)).collect();
-            tracing::debug!(count = paths.len(), "filesystem CAS evicting blobs");
-            tokio::task::spawn_blocking(move || {
-                for p in paths {
-                    let _ = std::fs::remove_file(p);
-                }
-            });
-        }
+        self.index_insert(digest, Stored::File { stamp: stamp(&meta) });
         Ok(())
+    }
+}
+
+impl PackedIndex for Shared {
+    fn holds(&self, digest: &DigestInfo) -> bool {
+        self.index.contains(digest)
+    }
+
+    fn location(&self, digest: &DigestInfo) -> Option<Location> {
+        match self.index.peek(digest)? {
+            Stored::Packed(at) => Some(at),
+            Stored::File { .. } => None,
+        }
+    }
+
+    fn packed(&self, digest: DigestInfo, at: Location) {
+        self.index_insert(digest, Stored::Packed(at));
+    }
+
+    fn moved(&self, digest: DigestInfo, from: Location, to: Location) -> bool {
+        self.index.replace_if(&digest, &Stored::Packed(from), Stored::Packed(to))
+    }
+
+    fn packed_in(&self, pack: u32) -> Vec<(DigestInfo, Location)> {
+        self.index.collect_where(|d, v| match v {
+            Stored::Packed(at) if at.pack == pack => Some((*d, *at)),
+            _ => None,
+        })
     }
 }
 
@@ -242,7 +301,7 @@ fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Re
 
 /// What identifies a blob file's content on disk besides its size: its
 /// modification time (hard links change the ctime, not this).
-fn stamp(meta: &std::fs::Metadata) -> u64 {
+pub(crate) fn stamp(meta: &std::fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     (meta.mtime() as u64).wrapping_mul(1_000_000_000).wrapping_add(meta.mtime_nsec() as u64)
 }
@@ -263,7 +322,7 @@ fn create_upload_file(path: &std::path::Path) -> Result<std::fs::File> {
         .map_err(|e| Error::io("creating upload file", e))
 }
 
-fn parse_blob_file_name(name: &str) -> Option<DigestInfo> {
+pub(crate) fn parse_blob_file_name(name: &str) -> Option<DigestInfo> {
     let (hash, size) = name.split_once('-')?;
     DigestInfo::from_hex(hash, size.parse().ok()?).ok()
 }
@@ -278,10 +337,12 @@ impl BlobStore for FilesystemStore {
         if digest.is_empty_blob() {
             return Ok(Some(Bytes::new()));
         }
-        if self.shared.index.get(&digest).is_none() {
-            return Ok(None);
-        }
+        let Some(stored) = self.shared.index.get(&digest) else { return Ok(None) };
         let shared = self.shared.clone();
+        if let Stored::Packed(at) = stored {
+            let read = re_proto::blocking::run_small(digest.size, move || shared.read_packed(digest, at)).await?;
+            return read.map(|d| d.map(Bytes::from)).map_err(|e| Error::io(format!("reading blob {digest}"), e));
+        }
         let read = re_proto::blocking::run_small(digest.size, move || -> std::io::Result<Option<Vec<u8>>> {
             let mut file = std::fs::File::open(shared.blob_path(&digest))?;
             if !shared.still_stored(digest, &file.metadata()?) {
@@ -295,7 +356,7 @@ impl BlobStore for FilesystemStore {
         match read {
             Ok(data) => Ok(data.map(Bytes::from)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.shared.index.remove(&digest);
+                self.shared.index.remove_if(&digest, &stored);
                 Ok(None)
             }
             Err(e) => Err(Error::io(format!("reading blob {digest}"), e)),
@@ -307,17 +368,23 @@ impl BlobStore for FilesystemStore {
         if digest.is_empty_blob() || len == 0 {
             return Ok(futures::stream::empty().boxed());
         }
-        if self.shared.index.get(&digest).is_none() {
-            return Err(Error::NotFound(format!("blob {digest} not found")));
-        }
+        let not_found = || Error::NotFound(format!("blob {digest} not found"));
+        let Some(stored) = self.shared.index.get(&digest) else { return Err(not_found()) };
         let shared = self.shared.clone();
+        if let Stored::Packed(at) = stored {
+            // Packed blobs are small: read whole, sent as one chunk.
+            let read = re_proto::blocking::run_small(digest.size, move || shared.read_packed(digest, at)).await?;
+            let data = read.map_err(|e| Error::io(format!("reading blob {digest}"), e))?.ok_or_else(not_found)?;
+            let chunk = Bytes::from(data).slice(offset as usize..(offset + len) as usize);
+            return Ok(futures::stream::once(async move { Ok(chunk) }).boxed());
+        }
         let opened = tokio::task::spawn_blocking(move || open_for_read(&shared, digest, offset, len)).await?;
         let source = match opened {
             Ok(Some(s)) => s,
-            Ok(None) => return Err(Error::NotFound(format!("blob {digest} not found"))),
+            Ok(None) => return Err(not_found()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.shared.index.remove(&digest);
-                return Err(Error::NotFound(format!("blob {digest} not found")));
+                self.shared.index.remove_if(&digest, &stored);
+                return Err(not_found());
             }
             Err(e) => return Err(Error::io(format!("opening blob {digest}"), e)),
         };
@@ -357,6 +424,18 @@ impl BlobStore for FilesystemStore {
         if digest.size > self.shared.index.max_bytes() {
             return Err(too_large(digest, self.shared.index.max_bytes()));
         }
+        if let Some(packs) = self.shared.packs_for(digest.size) {
+            let bytes = data.clone();
+            let actual = re_proto::blocking::run_small(digest.size, move || DigestInfo::of_bytes(&bytes)).await?;
+            if actual != digest {
+                return Err(digest_mismatch(digest, actual));
+            }
+            // Already stored (and now refreshed): nothing to write.
+            if self.shared.index.get(&digest).is_some() {
+                return Ok(());
+            }
+            return packs.put(digest, data).await;
+        }
         let shared = self.shared.clone();
         re_proto::blocking::run(move || -> Result<()> {
             let actual = DigestInfo::of_bytes(&data);
@@ -393,11 +472,21 @@ impl BlobStore for FilesystemStore {
         // One pass: the file is hashed while it is copied into a temp file
         // (a copy, not a link: a process the action left behind could still
         // change the original).
-        re_proto::blocking::run(move || -> Result<DigestInfo> {
+        let staged = re_proto::blocking::run(move || -> Result<Staged> {
             let io = |e| Error::io(format!("reading {}", src.display()), e);
             let mut input = std::fs::File::open(&src).map_err(io)?;
-            if input.metadata().map_err(io)?.len() == 0 {
-                return Ok(DigestInfo::EMPTY);
+            let len = input.metadata().map_err(io)?.len();
+            if len == 0 {
+                return Ok(Staged::Stored(DigestInfo::EMPTY));
+            }
+            if shared.packs_for(len).is_some() {
+                let mut data = Vec::with_capacity(len as usize);
+                input.read_to_end(&mut data).map_err(io)?;
+                let digest = DigestInfo::of_bytes(&data);
+                if shared.packs_for(digest.size).is_some() {
+                    return Ok(Staged::Small(digest, Bytes::from(data)));
+                }
+                input.seek(SeekFrom::Start(0)).map_err(io)?;
             }
             // Staged in one prefix directory, renamed into its own once hashed.
             let tmp = shared.blobs_dir.join("00").join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
@@ -430,9 +519,20 @@ impl BlobStore for FilesystemStore {
             if keep {
                 shared.publish(&tmp, digest)?;
             }
-            Ok(digest)
+            Ok(Staged::Stored(digest))
         })
-        .await?
+        .await??;
+        match staged {
+            Staged::Stored(digest) => Ok(digest),
+            Staged::Small(digest, data) => {
+                if self.shared.index.get(&digest).is_none() {
+                    if let Some(packs) = self.shared.packs_for(digest.size) {
+                        packs.put(digest, data).await?;
+                    }
+                }
+                Ok(digest)
+            }
+        }
     }
 
     async fn begin_write(&self, digest: DigestInfo) -> Result<Box<dyn BlobWriter>> {
@@ -453,7 +553,10 @@ impl BlobStore for FilesystemStore {
 
     fn file_path(&self, digest: DigestInfo) -> Option<PathBuf> {
         // Checked as for reads: a file changed on disk is not handed out.
-        self.shared.index.get(&digest)?;
+        // Packed blobs have no file of their own (callers copy them).
+        if !matches!(self.shared.index.get(&digest)?, Stored::File { .. }) {
+            return None;
+        }
         let path = self.shared.blob_path(&digest);
         let meta = std::fs::metadata(&path).ok()?;
         self.shared.still_stored(digest, &meta).then_some(path)
@@ -474,6 +577,13 @@ impl BlobStore for FilesystemStore {
     fn evicted_blobs(&self) -> u64 {
         self.shared.index.evicted()
     }
+}
+
+/// What `put_file` did on its blocking thread.
+enum Staged {
+    Stored(DigestInfo),
+    /// Read and hashed, to be packed.
+    Small(DigestInfo, Bytes),
 }
 
 /// Used by tests and the index-rebuild benchmark.

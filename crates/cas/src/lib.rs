@@ -7,6 +7,7 @@ pub mod cas_service;
 pub mod chunk_pool;
 pub mod compression;
 pub mod config;
+mod filesystem_scan;
 pub mod filesystem_store;
 pub mod filesystem_writer;
 pub mod find_missing_http;
@@ -16,6 +17,7 @@ pub mod grpc_frames;
 pub mod lru_index;
 pub mod memory_store;
 pub mod metered;
+mod packs;
 pub mod pins;
 pub mod resource_name;
 pub mod store;
@@ -34,8 +36,14 @@ use std::sync::Arc;
 pub async fn open_store(config: &CasConfig) -> re_proto::Result<Arc<dyn BlobStore>> {
     Ok(match config.backend {
         CasBackend::Memory => Arc::new(MemoryStore::new(config.max_size_bytes)),
-        CasBackend::Filesystem => {
-            Arc::new(FilesystemStore::open(config.root_dir.clone(), config.max_size_bytes, config.fsync_writes).await?)
-        }
+        CasBackend::Filesystem => Arc::new(
+            FilesystemStore::open(
+                config.root_dir.clone(),
+                config.max_size_bytes,
+                config.fsync_writes,
+                config.small_blob_max_bytes,
+            )
+            .await?,
+        ),
     })
 }

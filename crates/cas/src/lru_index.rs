@@ -45,8 +45,14 @@ impl<V: Clone> LruIndex<V> {
     /// Adds an entry and returns what had to be evicted to stay under the limit.
     /// Pinned entries are never evicted, even if that leaves the index over.
     pub fn insert(&self, digest: DigestInfo, value: V, pins: &PinSet) -> Vec<(DigestInfo, V)> {
+        self.insert_replacing(digest, value, pins).1
+    }
+
+    /// As [`insert`](Self::insert), also returning the value `digest` had.
+    pub fn insert_replacing(&self, digest: DigestInfo, value: V, pins: &PinSet) -> (Option<V>, Vec<(DigestInfo, V)>) {
         let mut inner = self.inner.lock();
-        if inner.entries.put(digest, value).is_none() {
+        let replaced = inner.entries.put(digest, value);
+        if replaced.is_none() {
             inner.total_bytes += digest.size;
         }
         let mut evicted = Vec::new();
@@ -66,7 +72,41 @@ impl<V: Clone> LruIndex<V> {
         inner.evicted += evicted.len() as u64;
         // The new entry stays the most recently used.
         inner.entries.promote(&digest);
-        evicted
+        (replaced, evicted)
+    }
+
+    /// Swaps `digest`'s value for `new` if it is still `expected`, leaving
+    /// its LRU position alone (the blob moved, nobody used it).
+    pub fn replace_if(&self, digest: &DigestInfo, expected: &V, new: V) -> bool
+    where
+        V: PartialEq,
+    {
+        match self.inner.lock().entries.peek_mut(digest) {
+            Some(v) if v == expected => {
+                *v = new;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes `digest` if its value is still `expected`.
+    pub fn remove_if(&self, digest: &DigestInfo, expected: &V) -> bool
+    where
+        V: PartialEq,
+    {
+        let mut inner = self.inner.lock();
+        if inner.entries.peek(digest) != Some(expected) {
+            return false;
+        }
+        inner.entries.pop(digest);
+        inner.total_bytes -= digest.size;
+        true
+    }
+
+    /// Every entry whose value `keep` selects (one pass under the lock).
+    pub fn collect_where<T>(&self, mut keep: impl FnMut(&DigestInfo, &V) -> Option<T>) -> Vec<T> {
+        self.inner.lock().entries.iter().filter_map(|(d, v)| keep(d, v)).collect()
     }
 
     /// Entries evicted since the index was made.
@@ -79,11 +119,13 @@ impl<V: Clone> LruIndex<V> {
         self.inner.lock().entries.contains(digest)
     }
 
-    pub fn remove(&self, digest: &DigestInfo) {
+    pub fn remove(&self, digest: &DigestInfo) -> Option<V> {
         let mut inner = self.inner.lock();
-        if inner.entries.pop(digest).is_some() {
+        let removed = inner.entries.pop(digest);
+        if removed.is_some() {
             inner.total_bytes -= digest.size;
         }
+        removed
     }
 
     pub fn total_bytes(&self) -> u64 {

@@ -37,7 +37,7 @@ async fn memory_store_put_file() {
 async fn filesystem_store_put_file_leaves_no_temp_files() {
     let scratch = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let store = Arc::new(FilesystemStore::open(root.path().to_path_buf(), 1 << 30, false).await.unwrap());
+    let store = Arc::new(FilesystemStore::open(root.path().to_path_buf(), 1 << 30, false, 0).await.unwrap());
     check(store, scratch.path()).await;
     let mut temps = Vec::new();
     for dir in std::fs::read_dir(root.path().join("blobs")).unwrap().flatten() {
@@ -54,7 +54,7 @@ async fn filesystem_store_put_file_leaves_no_temp_files() {
 async fn filesystem_store_refuses_files_larger_than_the_store() {
     let scratch = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let store = FilesystemStore::open(root.path().to_path_buf(), 1024, false).await.unwrap();
+    let store = FilesystemStore::open(root.path().to_path_buf(), 1024, false, 0).await.unwrap();
     let path = scratch.path().join("big");
     std::fs::write(&path, vec![7u8; 4096]).unwrap();
     let err = store.put_file(&path).await.unwrap_err();

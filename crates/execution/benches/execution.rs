@@ -72,7 +72,7 @@ fn materialise(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cas_dir = tempfile::tempdir().unwrap();
     let cas: Arc<dyn BlobStore> =
-        Arc::new(rt.block_on(FilesystemStore::open(cas_dir.path().to_path_buf(), 1 << 34, false)).unwrap());
+        Arc::new(rt.block_on(FilesystemStore::open(cas_dir.path().to_path_buf(), 1 << 34, false, 0)).unwrap());
     // 10 directories of 100 files of 4 KiB.
     let mut root = Directory::default();
     rt.block_on(async {
