@@ -1,10 +1,12 @@
 //! The filesystem CAS at fleet size: a store of N small blobs (default
 //! 1,000,000) is opened (start-up time, index memory per blob), then
 //! FindMissingBlobs of 1,000 digests (half present) is timed against it and
-//! against a store of 1,000 blobs (p50 ratio). The blob files are made once
-//! under DIR and kept for later runs (delete DIR to start over).
+//! against a store of 1,000 blobs (p50 ratio). MODE `packed` (the default)
+//! stores the blobs in packs, as the server does for small blobs; `files`
+//! gives each its own file. The store is made once under DIR and kept for
+//! later runs (delete DIR to start over).
 //!
-//! cargo run --release -p re-cas --example fleet_store -- [N] [DIR]
+//! cargo run --release -p re-cas --example fleet_store -- [N] [DIR] [packed|files]
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,30 @@ use re_proto::DigestInfo;
 
 fn blob(i: u64) -> Vec<u8> {
     format!("fleet-blob-{i:012}").into_bytes()
+}
+
+/// Packing threshold of the store in `packed` mode (the server's default).
+const SMALL: u64 = 16 << 10;
+
+/// Stores blobs 0..n through the store's own put (packed).
+async fn fill_packed(root: &Path, n: u64) {
+    let marker = root.join(format!(".filled-{n}"));
+    if marker.exists() {
+        return;
+    }
+    let started = Instant::now();
+    let store = FilesystemStore::open(root.to_path_buf(), u64::MAX / 2, false, SMALL).await.unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let puts = chunk.iter().map(|&i| {
+            let data = bytes::Bytes::from(blob(i));
+            let store = &store;
+            async move { store.put(DigestInfo::of_bytes(&data), data).await.unwrap() }
+        });
+        futures::future::join_all(puts).await;
+    }
+    drop(store);
+    std::fs::write(&marker, b"").unwrap();
+    eprintln!("packed {n} blobs in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// Makes the blob files of blobs 0..n where a store opened at `root` finds them.
@@ -90,14 +116,22 @@ fn set_lookup_p50(n: u64) -> Duration {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = args.get(1).map(|a| a.parse().unwrap()).unwrap_or(1_000_000);
-    let root = PathBuf::from(args.get(2).cloned().unwrap_or_else(|| format!("/tmp/re-fleet-cas-{n}")));
+    let packed = args.get(3).map(String::as_str) != Some("files");
+    let default_root = format!("/tmp/re-fleet-cas-{}-{n}", if packed { "packed" } else { "files" });
+    let root = PathBuf::from(args.get(2).cloned().unwrap_or(default_root));
     let small_root = PathBuf::from(format!("{}-small", root.display()));
-    fill(&root, n);
-    fill(&small_root, 1000);
+    let threshold = if packed { SMALL } else { 0 };
+    if packed {
+        fill_packed(&root, n).await;
+        fill_packed(&small_root, 1000).await;
+    } else {
+        fill(&root, n);
+        fill(&small_root, 1000);
+    }
 
     let before = rss_bytes();
     let started = Instant::now();
-    let store = FilesystemStore::open(root.clone(), u64::MAX / 2, false, 0).await.unwrap();
+    let store = FilesystemStore::open(root.clone(), u64::MAX / 2, false, threshold).await.unwrap();
     let ready = started.elapsed();
     // SAFETY: malloc_trim only returns freed heap to the kernel.
     unsafe { libc::malloc_trim(0) };
@@ -105,9 +139,10 @@ async fn main() {
     assert_eq!(store.len() as u64, n);
     let (big_p50, big_p99) = find_missing(&store, n).await;
     drop(store);
-    let small = FilesystemStore::open(small_root, u64::MAX / 2, false, 0).await.unwrap();
+    let small = FilesystemStore::open(small_root, u64::MAX / 2, false, threshold).await.unwrap();
     let (small_p50, small_p99) = find_missing(&small, 1000).await;
 
+    println!("mode: {}", if packed { "packed" } else { "files" });
     println!("| blobs | ready in | index memory per blob | FindMissing(1,000) p50 | p99 |");
     println!("|---|---|---|---|---|");
     println!(

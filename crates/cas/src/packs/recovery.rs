@@ -38,8 +38,13 @@ pub(super) fn recover(
         files.insert(pack, Arc::new(file));
     }
 
-    let keyspace =
-        Config::new(root.join("pack-index")).cache_size(8 << 20).open().map_err(|e| store_error("opening", e))?;
+    // The index is read only here, once, in key order: a small block cache
+    // does; small write buffers keep its memory fixed and small too.
+    let keyspace = Config::new(root.join("pack-index"))
+        .cache_size(1 << 20)
+        .max_write_buffer_size(16 << 20)
+        .open()
+        .map_err(|e| store_error("opening", e))?;
     let index =
         keyspace.open_partition("blobs", PartitionCreateOptions::default()).map_err(|e| store_error("opening", e))?;
 
