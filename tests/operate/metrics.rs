@@ -83,6 +83,7 @@ async fn storage_counters_move_by_exactly_the_traffic() {
     assert_delta(&m0, &m1, "re_server_cas_blobs_written_total", 1.0);
     assert_delta(&m0, &m1, "re_server_cas_written_bytes_total", 300_000.0);
     assert_delta(&m0, &m1, "re_server_cas_stored_bytes", 300_000.0);
+    assert_delta(&m0, &m1, "re_server_cas_disk_bytes", 300_000.0);
     assert_delta(&m0, &m1, "re_server_cas_reads_total{result=\"hit\"}", 1.0);
     assert_delta(&m0, &m1, "re_server_cas_reads_total{result=\"miss\"}", 1.0);
     assert_delta(&m0, &m1, "re_server_grpc_requests_total{code=\"OK\",method=\"ByteStream/Write\"}", 1.0);

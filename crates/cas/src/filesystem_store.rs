@@ -574,6 +574,11 @@ impl BlobStore for FilesystemStore {
         self.shared.index.total_bytes()
     }
 
+    fn disk_bytes(&self) -> u64 {
+        let dead = self.shared.packs.as_ref().map_or(0, |(p, _)| p.dead_bytes());
+        self.shared.index.total_bytes() + dead
+    }
+
     fn evicted_blobs(&self) -> u64 {
         self.shared.index.evicted()
     }

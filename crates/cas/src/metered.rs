@@ -25,6 +25,7 @@ impl MeteredStore {
 /// Sets the gauges that describe `store` (called when scraped).
 pub fn refresh(store: &dyn BlobStore, metrics: &Metrics) {
     metrics.cas_stored_bytes.set(store.size_bytes() as i64);
+    metrics.cas_disk_bytes.set(store.disk_bytes() as i64);
     metrics.cas_evictions.set(store.evicted_blobs() as i64);
 }
 
@@ -85,6 +86,10 @@ impl BlobStore for MeteredStore {
 
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.inner.disk_bytes()
     }
 
     fn evicted_blobs(&self) -> u64 {

@@ -43,6 +43,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Bytes currently stored.
     fn size_bytes(&self) -> u64;
 
+    /// Bytes the store takes (on disk or in memory): `size_bytes` plus
+    /// space not reclaimed yet (evicted blobs' bytes in packs).
+    fn disk_bytes(&self) -> u64 {
+        self.size_bytes()
+    }
+
     /// Blobs evicted since the store was opened.
     fn evicted_blobs(&self) -> u64 {
         0

@@ -125,6 +125,10 @@ async fn evicted_packs_are_deleted_and_sparse_ones_compacted() {
     // to about the live bytes (at most 1/0.7 of them, plus the open pack).
     let live = store.size_bytes();
     eventually("packs shrink to the live bytes", || pack_bytes(root.path()) <= live * 10 / 7 + (64 << 10) + 4096).await;
+    // What the store reports taking is what its packs take (all its blobs
+    // are packed): the live bytes plus the dead ones not reclaimed yet.
+    eventually("disk bytes match the packs", || store.disk_bytes() == pack_bytes(root.path())).await;
+    assert!(store.disk_bytes() >= store.size_bytes());
     let first_packs: Vec<PathBuf> = pack_files(root.path()).into_iter().take(1).collect();
     assert!(!first_packs.iter().any(|p| p.ends_with("00000001.pack")), "the first pack was compacted away");
     for (i, d) in old.iter().enumerate().step_by(2) {

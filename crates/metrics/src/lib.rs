@@ -49,6 +49,7 @@ pub struct Metrics {
     pub agent_input_bytes: IntCounterVec,
     // Storage.
     pub cas_stored_bytes: IntGauge,
+    pub cas_disk_bytes: IntGauge,
     pub cas_blobs_written: IntCounter,
     pub cas_bytes_written: IntCounter,
     pub cas_reads: IntCounterVec,
@@ -121,6 +122,10 @@ impl Metrics {
                 &["source", "worker"],
             ),
             cas_stored_bytes: gauge("cas_stored_bytes", "Bytes of blobs in the CAS."),
+            cas_disk_bytes: gauge(
+                "cas_disk_bytes",
+                "Bytes the CAS takes: its blobs plus space not reclaimed yet (evicted blobs in packs).",
+            ),
             cas_blobs_written: counter("cas_blobs_written_total", "Blobs stored in the CAS."),
             cas_bytes_written: counter("cas_written_bytes_total", "Bytes of blobs stored in the CAS."),
             cas_reads: counters("cas_reads_total", "Blob reads, by result (hit, miss).", &["result"]),

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::SystemTime;
 
@@ -92,6 +93,8 @@ pub(crate) enum Job {
 pub(crate) struct PackStore {
     jobs: mpsc::Sender<Job>,
     files: Arc<PackFiles>,
+    /// Bytes in packs no longer indexed, as the writer last counted them.
+    dead: Arc<AtomicU64>,
     /// Until [`PackStore::start`] hands it its thread.
     pending: Mutex<Option<writer::Writer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -110,7 +113,8 @@ impl PackStore {
         let files = Arc::new(PackFiles::default());
         let (jobs, rx) = mpsc::channel();
         let (writer, recovered) = recovery::recover(root, pack_max, fsync, files.clone(), rx)?;
-        let store = Self { jobs, files, pending: Mutex::new(Some(writer)), thread: Mutex::new(None) };
+        let dead = writer.dead_bytes();
+        let store = Self { jobs, files, dead, pending: Mutex::new(Some(writer)), thread: Mutex::new(None) };
         Ok((store, recovered))
     }
 
@@ -133,6 +137,12 @@ impl PackStore {
             .send(Job::Put { digest, data, done })
             .map_err(|_| Error::Internal("the pack writer has stopped".into()))?;
         answer.await.map_err(|_| Error::Internal("the pack writer has stopped".into()))?
+    }
+
+    /// Bytes in packs that hold no indexed blob (evicted, or copies
+    /// written twice), until deletion or compaction reclaims them.
+    pub(crate) fn dead_bytes(&self) -> u64 {
+        self.dead.load(Ordering::Relaxed)
     }
 
     /// The blob at `at` is no longer indexed there.

@@ -47,6 +47,11 @@ impl PackUsage {
         self.given_up.remove(&pack);
     }
 
+    /// Bytes in packs not indexed any more.
+    pub fn dead_bytes(&self) -> u64 {
+        self.packs.values().map(|u| u.total.saturating_sub(u.live)).sum()
+    }
+
     pub fn give_up(&mut self, pack: u32) {
         self.given_up.insert(pack);
     }
@@ -88,6 +93,8 @@ mod tests {
         u.give_up(2);
         assert_eq!(u.sparsest(4, 0.7), Some(1));
         assert_eq!(u.sparsest(4, 0.5), None);
+        // Packs 1, 2 and 4 are left: 40 + 80 + 90 bytes not indexed.
+        assert_eq!(u.dead_bytes(), 210);
         u.live_removed(1, 1000);
         assert_eq!(u.get(1).live, 0);
     }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub(crate) struct Writer {
     jobs: mpsc::Receiver<Job>,
     /// The pack being compacted and the blobs still to move out of it.
     compacting: Option<(u32, Vec<(DigestInfo, Location)>)>,
+    /// `usage`'s dead bytes, published for the metrics after each batch.
+    dead: Arc<AtomicU64>,
 }
 
 /// One batch being gathered: the bytes to append and what they are.
@@ -77,13 +80,19 @@ impl Writer {
             fsync,
             jobs,
             compacting: None,
+            dead: Arc::default(),
         };
         w.usage.appended(active, 0);
         Ok(w)
     }
 
+    pub(super) fn dead_bytes(&self) -> Arc<AtomicU64> {
+        self.dead.clone()
+    }
+
     pub(super) fn run(mut self, index: Weak<dyn PackedIndex>) {
         loop {
+            self.dead.store(self.usage.dead_bytes(), Ordering::Relaxed);
             let first = if self.compacting.is_some() {
                 match self.jobs.try_recv() {
                     Ok(job) => job,
