@@ -140,6 +140,24 @@ async fn input_trees_naming_a_file_twice_or_out_of_order_are_refused_and_the_cas
     }
 }
 
+/// Each blob changed behind the server's back reads as NOT_FOUND (never the
+/// wrong bytes, never INTERNAL) and is reported missing after, so clients
+/// upload it again.
+async fn assert_dropped_and_missing(ch: &Channel, blobs: &[(Digest, Bytes)]) {
+    let mut cas = ContentAddressableStorageClient::new(ch.clone());
+    for (i, (d, _)) in blobs.iter().enumerate() {
+        let err = bytestream_read(ch, d).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "blob {i}: never the wrong bytes, never INTERNAL: {err:?}");
+        let missing = cas
+            .find_missing_blobs(FindMissingBlobsRequest { blob_digests: vec![d.clone()], ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests;
+        assert_eq!(missing, vec![d.clone()], "blob {i} is reported missing, so clients upload it again");
+    }
+}
+
 /// The one blob file under a filesystem CAS's root for `d`.
 fn blob_file(server: &TestServer, d: &Digest) -> std::path::PathBuf {
     server.data_dir().join("cas/blobs").join(&d.hash[..2]).join(format!("{}-{}", d.hash, d.size_bytes))
@@ -150,7 +168,6 @@ async fn a_blob_file_changed_on_disk_is_dropped_not_served() {
     // Every blob a file of its own (packed ones: the next test).
     let server = TestServer::start(&ServerConfig::filesystem().cas("small_blob_max_bytes = 0").cache_only().toml());
     let ch = server.channel().await;
-    let mut cas = ContentAddressableStorageClient::new(ch.clone());
     let small = common::pseudo_random(4096, 1);
     let large = common::pseudo_random(600 << 10, 2); // served from a mapping
     let truncated = common::pseudo_random(4096, 3);
@@ -170,17 +187,7 @@ async fn a_blob_file_changed_on_disk_is_dropped_not_served() {
     let path = blob_file(&server, &blobs[2].0);
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
-    for (i, (d, _)) in blobs.iter().enumerate() {
-        let err = bytestream_read(&ch, d).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "blob {i}: never the wrong bytes, never INTERNAL: {err:?}");
-        let missing = cas
-            .find_missing_blobs(FindMissingBlobsRequest { blob_digests: vec![d.clone()], ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner()
-            .missing_blob_digests;
-        assert_eq!(missing, vec![d.clone()], "blob {i} is reported missing, so clients upload it again");
-    }
+    assert_dropped_and_missing(&ch, &blobs).await;
     // Uploaded again, each is served as it should be.
     put_blobs(&ch, "", blobs.clone()).await;
     for (d, data) in &blobs {
@@ -192,7 +199,6 @@ async fn a_blob_file_changed_on_disk_is_dropped_not_served() {
 async fn a_damaged_pack_is_dropped_not_served() {
     let server = TestServer::start(&ServerConfig::filesystem().cache_only().toml());
     let ch = server.channel().await;
-    let mut cas = ContentAddressableStorageClient::new(ch.clone());
     let blobs: Vec<(Digest, Bytes)> =
         (0..3).map(|i| common::pseudo_random(4096, 10 + i)).map(|b| (digest(&b), Bytes::from(b))).collect();
     put_blobs(&ch, "", blobs.clone()).await;
@@ -209,17 +215,7 @@ async fn a_damaged_pack_is_dropped_not_served() {
         std::fs::write(pack.path(), &bytes).unwrap();
     }
     assert_eq!(flipped, 3, "the three blobs are packed");
-    for (i, (d, _)) in blobs.iter().enumerate() {
-        let err = bytestream_read(&ch, d).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "blob {i}: never the wrong bytes: {err:?}");
-        let missing = cas
-            .find_missing_blobs(FindMissingBlobsRequest { blob_digests: vec![d.clone()], ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner()
-            .missing_blob_digests;
-        assert_eq!(missing, vec![d.clone()], "blob {i} is reported missing, so clients upload it again");
-    }
+    assert_dropped_and_missing(&ch, &blobs).await;
     put_blobs(&ch, "", blobs.clone()).await;
     for (d, data) in &blobs {
         assert_eq!(read_blob(&ch, "", d).await, *data);

@@ -53,7 +53,7 @@ pub(crate) struct Shared {
     pins: PinSet,
     pub(crate) fsync: bool,
     /// Blobs up to this size go to the packs (`None`: packing is off).
-    packs: Option<(PackStore, u64)>,
+    pub(crate) packs: Option<(PackStore, u64)>,
     /// Evicted files are deleted on its blocking pool, from whichever
     /// thread evicted them (the pack writer is not a runtime thread).
     runtime: tokio::runtime::Handle,
@@ -174,31 +174,6 @@ impl Shared {
         }
     }
 
-    fn forget_packed(&self, digest: DigestInfo, at: Location) {
-        if let Some((packs, _)) = &self.packs {
-            packs.forget(digest, at);
-        }
-    }
-
-    /// Reads a packed blob (blocking), following it if compaction moved it
-    /// meanwhile; a damaged or lost one is dropped from the index.
-    fn read_packed(&self, digest: DigestInfo, mut at: Location) -> std::io::Result<Option<Vec<u8>>> {
-        let Some((packs, _)) = &self.packs else { return Ok(None) };
-        for _ in 0..3 {
-            if let Some(data) = packs.read(digest, at)? {
-                return Ok(Some(data));
-            }
-            match self.index.peek(&digest) {
-                Some(Stored::Packed(moved)) if moved != at => at = moved,
-                _ => break,
-            }
-        }
-        if self.index.remove_if(&digest, &Stored::Packed(at)) {
-            packs.forget(digest, at);
-        }
-        Ok(None)
-    }
-
     /// Whether the file behind `digest` is still the one stored: same size,
     /// same modification time. A file changed on disk (truncated, rewritten)
     /// is never served: it is dropped, so the client uploads it again.
@@ -247,34 +222,6 @@ impl Shared {
         };
         self.index_insert(digest, Stored::File { stamp: stamp(&meta) });
         Ok(())
-    }
-}
-
-impl PackedIndex for Shared {
-    fn holds(&self, digest: &DigestInfo) -> bool {
-        self.index.contains(digest)
-    }
-
-    fn location(&self, digest: &DigestInfo) -> Option<Location> {
-        match self.index.peek(digest)? {
-            Stored::Packed(at) => Some(at),
-            Stored::File { .. } => None,
-        }
-    }
-
-    fn packed(&self, digest: DigestInfo, at: Location) {
-        self.index_insert(digest, Stored::Packed(at));
-    }
-
-    fn moved(&self, digest: DigestInfo, from: Location, to: Location) -> bool {
-        self.index.replace_if(&digest, &Stored::Packed(from), Stored::Packed(to))
-    }
-
-    fn packed_in(&self, pack: u32) -> Vec<(DigestInfo, Location)> {
-        self.index.collect_where(|d, v| match v {
-            Stored::Packed(at) if at.pack == pack => Some((*d, *at)),
-            _ => None,
-        })
     }
 }
 

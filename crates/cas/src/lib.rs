@@ -7,6 +7,7 @@ pub mod cas_service;
 pub mod chunk_pool;
 pub mod compression;
 pub mod config;
+mod filesystem_packed;
 mod filesystem_scan;
 pub mod filesystem_store;
 pub mod filesystem_writer;

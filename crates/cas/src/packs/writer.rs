@@ -1,6 +1,6 @@
 //! The pack writer thread: group commit of everything waiting, then the
 //! housekeeping of packs (sealing, deleting, compacting) between batches.
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ struct Batch {
     len: u64,
     placed: Vec<(DigestInfo, Location)>,
     /// Blobs placed in this batch, to write each only once.
-    in_batch: HashMap<DigestInfo, Location>,
+    in_batch: HashSet<DigestInfo>,
 }
 
 impl Writer {
@@ -141,7 +141,7 @@ impl Writer {
         for job in jobs {
             match job {
                 Job::Put { digest, data, done } => {
-                    if !batch.in_batch.contains_key(&digest) && !index.holds(&digest) {
+                    if !batch.in_batch.contains(&digest) && !index.holds(&digest) {
                         self.place(&mut batch, digest, data);
                     }
                     waiting.push(done);
@@ -155,7 +155,7 @@ impl Writer {
             self.usage.live_removed(at.pack, digest.size);
             // The entry is dropped unless the blob was packed again since
             // (the embedded store then already points at the new copy).
-            if !batch.in_batch.contains_key(&digest) && index.location(&digest).is_none() {
+            if !batch.in_batch.contains(&digest) && index.location(&digest).is_none() {
                 removals.push(digest);
             }
         }
@@ -182,7 +182,7 @@ impl Writer {
         batch.len += data.len() as u64;
         batch.pieces.push(data);
         batch.placed.push((digest, at));
-        batch.in_batch.insert(digest, at);
+        batch.in_batch.insert(digest);
     }
 
     /// Writes the batch's bytes, then commits its index entries and
